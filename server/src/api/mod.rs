@@ -1,0 +1,57 @@
+//! gRPC services: one file per service. They validate, translate and wait — no business logic:
+//! writes go to `Node::propose`, reads to `kv_ops` after `Node::read_barrier`, and every error
+//! leaves through the one table in `status`.
+
+pub mod cluster;
+pub mod kv;
+pub mod maintenance;
+pub mod peer;
+pub mod status;
+pub mod validate;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use conclave_proto::etcdserverpb::ResponseHeader;
+
+use crate::membership::Membership;
+use crate::mvcc::Store;
+use crate::node::Node;
+
+/// Request limits (etcd's flags and defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+}
+
+/// What every service needs of the member.
+pub struct Context {
+    pub node: Arc<Node>,
+    pub store: Arc<Store>,
+    pub membership: Arc<Membership>,
+    pub limits: Limits,
+    pub data_dir: PathBuf,
+}
+
+impl Context {
+    /// A full response header; `revision` 0 means the store's newest revision.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.node.cluster_id,
+            member_id: self.node.member_id,
+            revision: if revision > 0 {
+                revision
+            } else {
+                self.store.revision()
+            },
+            raft_term: self.node.status().term,
+        }
+    }
+
+    /// Completes a header that carries only a revision (as `kv_ops` and apply produce them).
+    pub fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let revision = header.as_ref().map_or(0, |h| h.revision);
+        *header = Some(self.header(revision));
+    }
+}

@@ -1,0 +1,87 @@
+//! The ONE table from server errors to gRPC statuses. Codes and messages are etcd's, because
+//! clients (etcdctl, clientv3, and everything built on them) match on them.
+
+use tonic::{Code, Status};
+
+use crate::error::ServerError;
+use crate::kv_ops::KvError;
+
+impl From<ServerError> for Status {
+    fn from(e: ServerError) -> Status {
+        let code = match e {
+            ServerError::EmptyKey
+            | ServerError::KeyNotFound
+            | ServerError::ValueProvided
+            | ServerError::LeaseProvided
+            | ServerError::TooManyOps
+            | ServerError::DuplicateKey
+            | ServerError::InvalidSortOption
+            | ServerError::RequestTooLarge => Code::InvalidArgument,
+            ServerError::Compacted | ServerError::FutureRevision => Code::OutOfRange,
+            ServerError::LeaseNotFound | ServerError::MemberNotFound => Code::NotFound,
+            ServerError::NoLeader
+            | ServerError::Timeout
+            | ServerError::Stopped
+            | ServerError::NotCapable
+            | ServerError::Storage(_) => Code::Unavailable,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<KvError> for Status {
+    fn from(e: KvError) -> Status {
+        match e {
+            KvError::Rejected(e) => e.into(),
+            KvError::Storage(e) => ServerError::from(e).into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_codes_and_messages() {
+        let cases = [
+            (ServerError::EmptyKey, Code::InvalidArgument, "etcdserver: key is not provided"),
+            (
+                ServerError::Compacted,
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                ServerError::FutureRevision,
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                ServerError::TooManyOps,
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                ServerError::DuplicateKey,
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                ServerError::LeaseNotFound,
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (ServerError::Timeout, Code::Unavailable, "etcdserver: request timed out"),
+            (ServerError::NoLeader, Code::Unavailable, "etcdserver: no leader"),
+            (
+                ServerError::RequestTooLarge,
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+        ];
+        for (err, code, msg) in cases {
+            let s = Status::from(err);
+            assert_eq!((s.code(), s.message()), (code, msg));
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The single writer of the state machine. Committed raft entries arrive in order, in batches; each
+//! batch is applied in ONE redb write transaction together with the applied index, so after a crash
+//! re-applying from the stored index is exact. Only after the commit are results published: the MVCC
+//! revision becomes visible to readers, the applied index advances, and this member's waiters fire.
+//!
+//! The transaction is committed with `Durability::None`: the raft log (fsynced) already holds every
+//! applied entry, and the next durable commit of the raft task persists this state too (one database,
+//! one commit order). The log is only truncated by a durable commit, after apply. A storage error
+//! here is fatal: the member stops rather than diverge.
+
+use std::sync::Arc;
+
+use conclave_proto::conclave::internal::v1::{RaftCommand, raft_command::Op};
+use conclave_proto::etcdserverpb::{
+    CompactionResponse, DeleteRangeResponse, PutResponse, TxnResponse,
+};
+use prost::Message as _;
+use raft::prelude::{Entry, EntryType};
+use redb::{Database, Durability, WriteTransaction};
+use tokio::sync::{mpsc, watch};
+
+use crate::error::ServerError;
+use crate::kv_ops::{self, KvError};
+use crate::membership::Membership;
+use crate::mvcc::Store;
+use crate::node::proposal::Waiters;
+use crate::storage::{META, META_APPLIED_INDEX, StorageError, StorageResult};
+
+/// What an applied command produced, for the member that proposed it.
+#[derive(Debug, Clone)]
+pub enum ApplyOutput {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction(CompactionResponse),
+    Published,
+}
+
+/// Result delivered to a waiter: the response, or why the command changed nothing.
+pub type ApplyOutcome = Result<ApplyOutput, ServerError>;
+
+/// Committed entries handed from the raft task to the apply task, in log order.
+pub struct ApplyBatch {
+    pub entries: Vec<Entry>,
+}
+
+/// The apply task's state.
+pub struct Applier {
+    pub db: Arc<Database>,
+    pub store: Arc<Store>,
+    pub membership: Arc<Membership>,
+    pub waiters: Arc<Waiters>,
+    pub applied: watch::Sender<u64>,
+    pub member_id: u64,
+}
+
+impl Applier {
+    /// Applies batches until the raft task hangs up. Returns an error only when storage failed.
+    pub fn run(self, mut batches: mpsc::Receiver<ApplyBatch>) -> StorageResult<()> {
+        while let Some(batch) = batches.blocking_recv() {
+            self.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    fn apply_batch(&self, batch: ApplyBatch) -> StorageResult<()> {
+        let applied = *self.applied.borrow();
+        let entries: Vec<&Entry> = batch.entries.iter().filter(|e| e.index > applied).collect();
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        let mut results = Vec::new();
+        for entry in entries {
+            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+                // Leader no-ops; configuration changes are the raft task's business.
+                continue;
+            }
+            let cmd = RaftCommand::decode(&entry.data[..]).map_err(|e| StorageError::Corrupt {
+                table: "raft_log",
+                detail: format!("entry {} is not a command: {e}", entry.index),
+            })?;
+            let outcome = self.apply_command(&txn, &cmd)?;
+            if cmd.origin == self.member_id {
+                results.push((cmd.request_id, outcome));
+            }
+        }
+        txn.open_table(META)?.insert(META_APPLIED_INDEX, last)?;
+        txn.commit()?;
+        self.store.publish(self.store.written_revision());
+        self.applied.send_replace(last);
+        for (id, outcome) in results {
+            self.waiters.fire(id, outcome);
+        }
+        Ok(())
+    }
+
+    fn apply_command(&self, txn: &WriteTransaction, cmd: &RaftCommand) -> StorageResult<ApplyOutcome> {
+        let Some(op) = &cmd.op else {
+            return Ok(Err(ServerError::NotCapable));
+        };
+        if let Op::Publish(p) = op {
+            self.membership.apply_publish(txn, p)?;
+            return Ok(Ok(ApplyOutput::Published));
+        }
+        let mut w = self.store.writer(txn).map_err(mvcc_storage)?;
+        let result = match op {
+            Op::Put(r) => kv_ops::put(&mut w, r).map(ApplyOutput::Put),
+            Op::DeleteRange(r) => kv_ops::delete_range(&mut w, r).map(ApplyOutput::DeleteRange),
+            Op::Txn(r) => kv_ops::txn(&mut w, r).map(ApplyOutput::Txn),
+            Op::Compaction(r) => kv_ops::compaction(&mut w, r).map(ApplyOutput::Compaction),
+            Op::Publish(_) => Ok(ApplyOutput::Published),
+        };
+        w.finish();
+        match result {
+            Ok(out) => Ok(Ok(out)),
+            Err(KvError::Rejected(e)) => Ok(Err(e)),
+            Err(KvError::Storage(e)) => Err(e),
+        }
+    }
+}
+
+fn mvcc_storage(e: crate::mvcc::MvccError) -> StorageError {
+    match e {
+        crate::mvcc::MvccError::Storage(s) => s,
+        other => StorageError::Corrupt {
+            table: "mvcc",
+            detail: other.to_string(),
+        },
+    }
+}

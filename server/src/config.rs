@@ -1,0 +1,379 @@
+//! Flags (etcd's names and defaults) and an optional TOML file with the same keys; `validate` turns
+//! them into `Settings` or a one-line error that names the offending flag. Flags given on the
+//! command line win over the file.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use serde::Deserialize;
+
+use crate::membership::InitialMember;
+
+/// Whether this member starts a new cluster or joins an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// Command line of the `conclave` server.
+#[derive(Debug, Clone, Parser, Deserialize)]
+#[command(name = "conclave", version, about = "Conclave: an etcd-v3-compatible coordination service")]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+pub struct Flags {
+    /// TOML file with the same keys as the flags (e.g. `data-dir = "/var/lib/conclave"`).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Human-readable name of this member; must appear in --initial-cluster.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Directory of the member's database.
+    #[arg(long, default_value = "conclave.data")]
+    pub data_dir: PathBuf,
+    /// Comma-separated URLs to serve clients on.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+    /// Comma-separated client URLs announced to the cluster (default: --listen-client-urls).
+    #[arg(long)]
+    pub advertise_client_urls: Option<String>,
+    /// Comma-separated URLs to serve peers on.
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    pub listen_peer_urls: String,
+    /// Comma-separated peer URLs announced to the cluster (default: --listen-peer-urls).
+    #[arg(long)]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Initial members, `name=peer-url,...` (default: this member alone).
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// `new` to bootstrap a cluster, `existing` to join one.
+    #[arg(long, value_enum, default_value = "new")]
+    pub initial_cluster_state: ClusterState,
+    /// Distinguishes clusters bootstrapped from the same member list.
+    #[arg(long, default_value = "conclave-cluster")]
+    pub initial_cluster_token: String,
+    /// Heartbeat interval in milliseconds (one raft tick).
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Election timeout in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Database size above which writes are refused (bytes).
+    #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub quota_backend_bytes: u64,
+    /// Largest request accepted (bytes).
+    #[arg(long, default_value_t = 1536 * 1024)]
+    pub max_request_bytes: usize,
+    /// Most operations in one Txn branch.
+    #[arg(long, default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+impl Default for Flags {
+    fn default() -> Self {
+        Flags::parse_from(["conclave"])
+    }
+}
+
+/// Validated settings of one member.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client: Vec<SocketAddr>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer: Vec<SocketAddr>,
+    pub initial_cluster: Vec<InitialMember>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub heartbeat: Duration,
+    pub election_ticks: usize,
+    pub quota_backend_bytes: u64,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub log_level: String,
+}
+
+impl Settings {
+    /// How long a request may wait for raft before answering "timed out" (etcd: 5 s + 2 elections).
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + 2 * self.heartbeat * self.election_ticks as u32
+    }
+}
+
+/// A configuration problem, naming the flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn bad(flag: &str, value: &str, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("invalid --{flag} {value:?}: {why}"))
+}
+
+/// Parses the process's arguments (and the --config file, if any).
+pub fn from_args() -> Result<Flags, ConfigError> {
+    let matches = Flags::command().get_matches();
+    let mut flags = Flags::from_arg_matches(&matches).map_err(|e| ConfigError(e.to_string()))?;
+    if let Some(path) = flags.config.clone() {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| bad("config", &path.display().to_string(), e))?;
+        let file: Flags = toml::from_str(&text)
+            .map_err(|e| bad("config", &path.display().to_string(), e.message().to_string()))?;
+        flags = merge(flags, file, &matches);
+    }
+    Ok(flags)
+}
+
+/// Takes each value from `file` unless it was given on the command line.
+fn merge(cli: Flags, file: Flags, m: &ArgMatches) -> Flags {
+    let from_cli = |id: &str| m.value_source(id) == Some(ValueSource::CommandLine);
+    macro_rules! pick {
+        ($($f:ident),*) => {
+            Flags {
+                config: cli.config.clone(),
+                $($f: if from_cli(stringify!($f)) { cli.$f.clone() } else { file.$f.clone() },)*
+            }
+        };
+    }
+    pick!(
+        name,
+        data_dir,
+        listen_client_urls,
+        advertise_client_urls,
+        listen_peer_urls,
+        initial_advertise_peer_urls,
+        initial_cluster,
+        initial_cluster_state,
+        initial_cluster_token,
+        heartbeat_interval,
+        election_timeout,
+        quota_backend_bytes,
+        max_request_bytes,
+        max_txn_ops,
+        log_level
+    )
+}
+
+fn split_urls(flag: &str, value: &str) -> Result<Vec<String>, ConfigError> {
+    let urls: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if urls.is_empty() {
+        return Err(bad(flag, value, "no URL given"));
+    }
+    for u in &urls {
+        url_addr(flag, u)?;
+    }
+    Ok(urls)
+}
+
+/// `http://host:port` (or `host:port`) to a socket address.
+fn url_addr(flag: &str, url: &str) -> Result<SocketAddr, ConfigError> {
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") {
+        return Err(bad(flag, url, "TLS is not supported yet; use http://"));
+    } else if url.contains("://") {
+        return Err(bad(flag, url, "scheme must be http://"));
+    } else {
+        url
+    };
+    let hostport = rest.trim_end_matches('/');
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| bad(flag, url, e))?
+        .next()
+        .ok_or_else(|| bad(flag, url, "address does not resolve"))
+}
+
+impl Flags {
+    /// Checks every flag and resolves defaults that depend on others.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        if self.name.is_empty() {
+            return Err(bad("name", &self.name, "must not be empty"));
+        }
+        let listen_client_urls = split_urls("listen-client-urls", &self.listen_client_urls)?;
+        let listen_client = listen_client_urls
+            .iter()
+            .map(|u| url_addr("listen-client-urls", u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let advertise_client_urls = match &self.advertise_client_urls {
+            Some(v) => split_urls("advertise-client-urls", v)?,
+            None => listen_client_urls,
+        };
+        let listen_peer_urls = split_urls("listen-peer-urls", &self.listen_peer_urls)?;
+        let listen_peer = listen_peer_urls
+            .iter()
+            .map(|u| url_addr("listen-peer-urls", u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let advertise_peer_urls = match &self.initial_advertise_peer_urls {
+            Some(v) => split_urls("initial-advertise-peer-urls", v)?,
+            None => listen_peer_urls,
+        };
+        let cluster_text = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={}", self.name, advertise_peer_urls.join(",")));
+        let initial_cluster = parse_initial_cluster(&cluster_text)?;
+        let me = initial_cluster
+            .iter()
+            .find(|m| m.name == self.name)
+            .ok_or_else(|| {
+                bad(
+                    "initial-cluster",
+                    &cluster_text,
+                    format!("has no member named {:?} (--name)", self.name),
+                )
+            })?;
+        let mut mine = me.peer_urls.clone();
+        let mut advertised = advertise_peer_urls.clone();
+        mine.sort();
+        advertised.sort();
+        if mine != advertised {
+            return Err(bad(
+                "initial-cluster",
+                &cluster_text,
+                format!(
+                    "lists {:?} for {:?} but --initial-advertise-peer-urls is {:?}",
+                    me.peer_urls, self.name, advertise_peer_urls
+                ),
+            ));
+        }
+        if self.heartbeat_interval == 0 {
+            return Err(bad(
+                "heartbeat-interval",
+                &self.heartbeat_interval.to_string(),
+                "must be positive",
+            ));
+        }
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(bad(
+                "election-timeout",
+                &self.election_timeout.to_string(),
+                format!(
+                    "must be at least 5 times --heartbeat-interval ({})",
+                    self.heartbeat_interval
+                ),
+            ));
+        }
+        if self.max_request_bytes == 0 {
+            return Err(bad("max-request-bytes", "0", "must be positive"));
+        }
+        if self.max_txn_ops == 0 {
+            return Err(bad("max-txn-ops", "0", "must be positive"));
+        }
+        Ok(Settings {
+            name: self.name.clone(),
+            data_dir: self.data_dir.clone(),
+            listen_client,
+            advertise_client_urls,
+            listen_peer,
+            initial_cluster,
+            initial_cluster_state: self.initial_cluster_state,
+            initial_cluster_token: self.initial_cluster_token.clone(),
+            heartbeat: Duration::from_millis(self.heartbeat_interval),
+            election_ticks: (self.election_timeout / self.heartbeat_interval) as usize,
+            quota_backend_bytes: self.quota_backend_bytes,
+            max_request_bytes: self.max_request_bytes,
+            max_txn_ops: self.max_txn_ops,
+            log_level: self.log_level.clone(),
+        })
+    }
+}
+
+fn parse_initial_cluster(text: &str) -> Result<Vec<InitialMember>, ConfigError> {
+    let mut members: Vec<InitialMember> = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| bad("initial-cluster", text, format!("{part:?} is not name=url")))?;
+        url_addr("initial-cluster", url)?;
+        match members.iter_mut().find(|m| m.name == name) {
+            Some(m) => m.peer_urls.push(url.to_string()),
+            None => members.push(InitialMember {
+                name: name.to_string(),
+                peer_urls: vec![url.to_string()],
+            }),
+        }
+    }
+    if members.is_empty() {
+        return Err(bad("initial-cluster", text, "no members"));
+    }
+    Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        let mut all = vec!["conclave"];
+        all.extend_from_slice(args);
+        Flags::parse_from(all)
+    }
+
+    #[test]
+    fn defaults_are_a_single_local_member() {
+        let s = flags(&[]).validate().unwrap();
+        assert_eq!(s.listen_client, vec!["127.0.0.1:2379".parse().unwrap()]);
+        assert_eq!(s.listen_peer, vec!["127.0.0.1:2380".parse().unwrap()]);
+        assert_eq!(s.data_dir, PathBuf::from("conclave.data"));
+        assert_eq!(s.initial_cluster.len(), 1);
+        assert_eq!(s.election_ticks, 10);
+        assert_eq!(s.max_request_bytes, 1_572_864);
+        assert_eq!(s.max_txn_ops, 128);
+    }
+
+    #[test]
+    fn three_member_cluster() {
+        let s = flags(&[
+            "--name",
+            "b",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2381",
+            "--initial-cluster",
+            "a=http://127.0.0.1:2380,b=http://127.0.0.1:2381,c=http://127.0.0.1:2382",
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(s.initial_cluster.len(), 3);
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--listen-client-urls", "nonsense"], "--listen-client-urls"),
+            (&["--listen-client-urls", "https://127.0.0.1:1"], "--listen-client-urls"),
+            (&["--initial-cluster", "x=http://127.0.0.1:1"], "--initial-cluster"),
+            (&["--initial-cluster", "garbage"], "--initial-cluster"),
+            (&["--election-timeout", "200"], "--election-timeout"),
+            (&["--max-txn-ops", "0"], "--max-txn-ops"),
+        ];
+        for (args, flag) in cases {
+            let err = flags(args).validate().unwrap_err().to_string();
+            assert!(err.contains(flag), "{args:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn toml_file_uses_flag_names() {
+        let file: Flags = toml::from_str(
+            "name = \"n1\"\ndata-dir = \"/tmp/x\"\nheartbeat-interval = 50\nelection-timeout = 500\n",
+        )
+        .unwrap();
+        assert_eq!(file.name, "n1");
+        assert_eq!(file.heartbeat_interval, 50);
+        assert!(toml::from_str::<Flags>("no-such-key = 1").is_err());
+    }
+}

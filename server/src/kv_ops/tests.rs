@@ -1,0 +1,1 @@
+//! Txn, compare and range-option semantics, through real redb transactions.

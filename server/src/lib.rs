@@ -1,0 +1,13 @@
+//! Conclave server library: an etcd-v3-compatible coordination service, replicated with raft-rs and
+//! stored in redb. `main.rs` is a thin wrapper around [`server::run`].
+
+pub mod api;
+pub mod apply;
+pub mod config;
+pub mod error;
+pub mod kv_ops;
+pub mod membership;
+pub mod mvcc;
+pub mod node;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,448 @@
+//! Revisioned key-value store with etcd's semantics: one global revision per modifying request, per
+//! key create/mod revision, version and lease, tombstones, reads at past revisions, and compaction.
+//!
+//! Values live in redb (`storage::MVCC`, keyed by revision); an in-memory index maps each key to its
+//! history and is rebuilt from the table at start. Knows nothing about raft or tokio: the apply task
+//! writes through a [`Writer`] inside its transaction and calls [`Store::publish`] after the commit;
+//! readers only see revisions up to the published one.
+
+mod key_index;
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use conclave_proto::mvccpb::KeyValue;
+use prost::Message as _;
+use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
+
+use crate::storage::{META, META_COMPACTED_REV, MVCC, StorageError};
+pub use key_index::{KeyHistory, Revision};
+
+/// Errors of MVCC reads and compactions.
+#[derive(Debug, thiserror::Error)]
+pub enum MvccError {
+    #[error("required revision has been compacted")]
+    Compacted,
+    #[error("required revision is a future revision")]
+    FutureRevision,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for MvccError {
+            fn from(e: $t) -> Self {
+                MvccError::Storage(StorageError::Database(e.into()))
+            }
+        }
+    )*};
+}
+
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError
+);
+
+pub type MvccResult<T> = Result<T, MvccError>;
+
+const KIND_PUT: u8 = 0;
+const KIND_TOMBSTONE: u8 = 1;
+
+/// The first revision of an empty store (etcd starts at 1; the first write is revision 2).
+const INITIAL_REVISION: i64 = 1;
+
+/// A key interval as etcd encodes it: empty `end` = the key alone; `end == [0]` = every key >= `key`.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRange<'a> {
+    pub key: &'a [u8],
+    pub end: &'a [u8],
+}
+
+impl<'a> KeyRange<'a> {
+    pub fn new(key: &'a [u8], end: &'a [u8]) -> Self {
+        KeyRange { key, end }
+    }
+
+    fn bounds(&self) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+        if self.end.is_empty() {
+            return Some((Bound::Included(self.key), Bound::Included(self.key)));
+        }
+        if self.end == [0] {
+            return Some((Bound::Included(self.key), Bound::Unbounded));
+        }
+        if self.key >= self.end {
+            return None;
+        }
+        Some((Bound::Included(self.key), Bound::Excluded(self.end)))
+    }
+
+    /// Whether `k` lies in the interval.
+    pub fn contains(&self, k: &[u8]) -> bool {
+        match self.bounds() {
+            None => false,
+            Some((_, Bound::Included(end))) => k == end,
+            Some((_, Bound::Unbounded)) => k >= self.key,
+            Some((_, Bound::Excluded(end))) => k >= self.key && k < end,
+        }
+    }
+}
+
+/// Options of a range read at the MVCC level.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RangeOptions {
+    /// At most this many key-values (0 = no limit); `count` still counts them all.
+    pub limit: usize,
+    /// Read at this revision (0 = the newest).
+    pub revision: i64,
+    /// Only count, return no key-values.
+    pub count_only: bool,
+}
+
+/// Result of a range read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// Number of keys in the range at the read revision.
+    pub count: usize,
+    /// The store's newest revision when the read happened (for the response header).
+    pub revision: i64,
+}
+
+struct Index {
+    keys: BTreeMap<Vec<u8>, KeyHistory>,
+    /// Newest revision written (may be ahead of `Store::published` while a batch is applied).
+    current: i64,
+    compacted: i64,
+}
+
+/// The MVCC store of one member.
+pub struct Store {
+    db: Arc<Database>,
+    index: RwLock<Index>,
+    published: AtomicI64,
+}
+
+fn corrupt(detail: impl ToString) -> MvccError {
+    MvccError::Storage(StorageError::Corrupt {
+        table: "mvcc",
+        detail: detail.to_string(),
+    })
+}
+
+fn encode_row(kind: u8, kv: &KeyValue) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(1 + kv.encoded_len());
+    buf.push(kind);
+    // Encoding into a Vec cannot run out of space.
+    let _ = kv.encode(&mut buf);
+    buf
+}
+
+fn decode_row(bytes: &[u8]) -> MvccResult<(u8, KeyValue)> {
+    let (&kind, rest) = bytes.split_first().ok_or_else(|| corrupt("empty row"))?;
+    let kv = KeyValue::decode(rest).map_err(corrupt)?;
+    Ok((kind, kv))
+}
+
+fn row_key(rev: Revision) -> (u64, u64) {
+    (rev.main as u64, rev.sub as u64)
+}
+
+fn read_value(
+    table: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    rev: Revision,
+) -> MvccResult<KeyValue> {
+    let row = table
+        .get(row_key(rev))?
+        .ok_or_else(|| corrupt(format!("no row at revision {rev:?}")))?;
+    let (kind, kv) = decode_row(row.value())?;
+    if kind != KIND_PUT {
+        return Err(corrupt(format!("revision {rev:?} is not a put")));
+    }
+    Ok(kv)
+}
+
+/// Collects the revisions visible at `at` in `range`, honouring limit and count_only.
+fn visible_revisions(
+    index: &Index,
+    range: KeyRange<'_>,
+    at: i64,
+    opts: &RangeOptions,
+) -> (Vec<Revision>, usize) {
+    let mut revs = Vec::new();
+    let mut count = 0;
+    if let Some(bounds) = range.bounds() {
+        for (_, history) in index.keys.range::<[u8], _>(bounds) {
+            if let Some(v) = history.get(at) {
+                count += 1;
+                if !opts.count_only && (opts.limit == 0 || revs.len() < opts.limit) {
+                    revs.push(v.modified);
+                }
+            }
+        }
+    }
+    (revs, count)
+}
+
+fn check_revision(index: &Index, newest: i64, requested: i64) -> MvccResult<i64> {
+    if requested <= 0 {
+        return Ok(newest);
+    }
+    if requested > newest {
+        return Err(MvccError::FutureRevision);
+    }
+    if requested < index.compacted {
+        return Err(MvccError::Compacted);
+    }
+    Ok(requested)
+}
+
+impl Store {
+    /// Loads the store from the database, rebuilding the in-memory index from the MVCC table.
+    pub fn open(db: Arc<Database>) -> MvccResult<Store> {
+        let txn = db.begin_read()?;
+        let compacted = txn
+            .open_table(META)?
+            .get(META_COMPACTED_REV)?
+            .map(|v| v.value() as i64)
+            .unwrap_or(0);
+        let mut keys: BTreeMap<Vec<u8>, KeyHistory> = BTreeMap::new();
+        let mut current = INITIAL_REVISION.max(compacted);
+        let table = txn.open_table(MVCC)?;
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let (main, sub) = k.value();
+            let rev = Revision::new(main as i64, sub as i64);
+            let (kind, kv) = decode_row(v.value())?;
+            let history = keys.entry(kv.key).or_default();
+            if kind == KIND_TOMBSTONE {
+                history.tombstone(rev);
+            } else {
+                history.put(rev);
+            }
+            current = current.max(rev.main);
+        }
+        drop(table);
+        drop(txn);
+        Ok(Store {
+            db,
+            index: RwLock::new(Index {
+                keys,
+                current,
+                compacted,
+            }),
+            published: AtomicI64::new(current),
+        })
+    }
+
+    fn read_index(&self) -> RwLockReadGuard<'_, Index> {
+        // The index is only changed under the write lock by code that cannot leave it half-updated
+        // by a panic (a panic in apply stops the member), so a poisoned lock's data is usable.
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_index(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The newest revision readers may see.
+    pub fn revision(&self) -> i64 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// The newest revision written by apply, committed or not (apply publishes it after committing).
+    pub fn written_revision(&self) -> i64 {
+        self.read_index().current
+    }
+
+    /// The compaction point: revisions below it can no longer be read.
+    pub fn compacted_revision(&self) -> i64 {
+        self.read_index().compacted
+    }
+
+    /// Number of live keys (for status and metrics).
+    pub fn key_count(&self) -> usize {
+        self.read_index()
+            .keys
+            .values()
+            .filter(|h| h.is_live())
+            .count()
+    }
+
+    /// Makes everything written up to `revision` visible to readers. Called after the commit.
+    pub fn publish(&self, revision: i64) {
+        self.published.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// Reads `range` at `opts.revision` (0 = newest published).
+    pub fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> MvccResult<RangeResult> {
+        // Open the snapshot before looking at the index: a compaction that the index already shows
+        // has then either not deleted rows in our snapshot, or is visible as `compacted` below.
+        let newest = self.revision();
+        let txn = self.db.begin_read()?;
+        let (revs, count) = {
+            let index = self.read_index();
+            let at = check_revision(&index, newest, opts.revision)?;
+            visible_revisions(&index, range, at, &opts)
+        };
+        let table = txn.open_table(MVCC)?;
+        let kvs = revs
+            .into_iter()
+            .map(|rev| read_value(&table, rev))
+            .collect::<MvccResult<Vec<_>>>()?;
+        Ok(RangeResult {
+            kvs,
+            count,
+            revision: newest,
+        })
+    }
+
+    /// Starts the changes of one request inside the apply transaction `txn`. Holds the index write
+    /// lock until the writer is finished.
+    pub fn writer<'s, 't>(&'s self, txn: &'t WriteTransaction) -> MvccResult<Writer<'s, 't>> {
+        let index = self.write_index();
+        let table = txn.open_table(MVCC)?;
+        let main = index.current + 1;
+        Ok(Writer {
+            index,
+            table,
+            txn,
+            main,
+            sub: 0,
+        })
+    }
+}
+
+/// The changes of one request: every write gets revision `main` with increasing `sub`. Reads through
+/// the writer see the request's own writes.
+pub struct Writer<'s, 't> {
+    index: RwLockWriteGuard<'s, Index>,
+    table: Table<'t, (u64, u64), &'static [u8]>,
+    txn: &'t WriteTransaction,
+    main: i64,
+    sub: i64,
+}
+
+impl Writer<'_, '_> {
+    /// The revision reads inside this request observe.
+    fn read_revision(&self) -> i64 {
+        if self.sub > 0 {
+            self.main
+        } else {
+            self.index.current
+        }
+    }
+
+    /// The store's revision including this request's writes so far.
+    pub fn revision(&self) -> i64 {
+        self.read_revision()
+    }
+
+    /// The store's compaction point.
+    pub fn compacted_revision(&self) -> i64 {
+        self.index.compacted
+    }
+
+    /// Reads a range as the request sees it (its own writes included).
+    pub fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> MvccResult<RangeResult> {
+        let newest = self.read_revision();
+        let at = check_revision(&self.index, newest, opts.revision)?;
+        let (revs, count) = visible_revisions(&self.index, range, at, &opts);
+        let kvs = revs
+            .into_iter()
+            .map(|rev| read_value(&self.table, rev))
+            .collect::<MvccResult<Vec<_>>>()?;
+        Ok(RangeResult {
+            kvs,
+            count,
+            revision: newest,
+        })
+    }
+
+    /// The current value of `key`, if live.
+    pub fn get(&self, key: &[u8]) -> MvccResult<Option<KeyValue>> {
+        let at = self.read_revision();
+        match self.index.keys.get(key).and_then(|h| h.get(at)) {
+            Some(v) => Ok(Some(read_value(&self.table, v.modified)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `key = value` with `lease`; returns the previous value if the key was live.
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> MvccResult<Option<KeyValue>> {
+        let prev = self.get(key)?;
+        let rev = Revision::new(self.main, self.sub);
+        let history = self.index.keys.entry(key.to_vec()).or_default();
+        let (create_revision, version) = history.put(rev);
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision,
+            mod_revision: rev.main,
+            version,
+            value,
+            lease,
+        };
+        self.table
+            .insert(row_key(rev), encode_row(KIND_PUT, &kv).as_slice())?;
+        self.sub += 1;
+        Ok(prev)
+    }
+
+    /// Deletes every live key in `range`; returns their last values, in key order.
+    pub fn delete_range(&mut self, range: KeyRange<'_>) -> MvccResult<Vec<KeyValue>> {
+        let existing = self.range(range, RangeOptions::default())?.kvs;
+        for kv in &existing {
+            let rev = Revision::new(self.main, self.sub);
+            if let Some(history) = self.index.keys.get_mut(&kv.key) {
+                history.tombstone(rev);
+            }
+            let tomb = KeyValue {
+                key: kv.key.clone(),
+                mod_revision: rev.main,
+                ..Default::default()
+            };
+            self.table
+                .insert(row_key(rev), encode_row(KIND_TOMBSTONE, &tomb).as_slice())?;
+            self.sub += 1;
+        }
+        Ok(existing)
+    }
+
+    /// Removes all history below `at` that no read at `at` or later needs. Does not create a revision.
+    pub fn compact(&mut self, at: i64) -> MvccResult<()> {
+        if at <= self.index.compacted {
+            return Err(MvccError::Compacted);
+        }
+        if at > self.read_revision() {
+            return Err(MvccError::FutureRevision);
+        }
+        let mut keep: HashSet<Revision> = HashSet::new();
+        self.index
+            .keys
+            .retain(|_, history| !history.compact(at, &mut keep));
+        let upper = (at as u64, u64::MAX);
+        self.table
+            .retain_in(..=upper, |(main, sub), _| {
+                keep.contains(&Revision::new(main as i64, sub as i64))
+            })?;
+        self.index.compacted = at;
+        self.txn
+            .open_table(META)?
+            .insert(META_COMPACTED_REV, at as u64)?;
+        Ok(())
+    }
+
+    /// Ends the request; returns the store revision after it (unchanged if it wrote nothing).
+    pub fn finish(mut self) -> i64 {
+        if self.sub > 0 {
+            self.index.current = self.main;
+        }
+        self.index.current
+    }
+}
+
+#[cfg(test)]
+mod tests;

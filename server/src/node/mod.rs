@@ -1,0 +1,438 @@
+//! The raft driver. One task owns the `RawNode`; it ticks, takes proposals, peer messages and read
+//! requests, and handles `Ready` in the order raft-rs and the raft thesis require: send `messages()`
+//! at once (followers may append while the leader fsyncs), persist entries and hard state durably,
+//! hand committed entries to apply, only then send `persisted_messages()`, advance, and handle the
+//! `LightReady` the same way. It knows nothing of keys and values: commands are opaque bytes.
+//!
+//! [`Node`] is the handle the API uses: `propose` (waits for the applied result) and `read_barrier`
+//! (linearizable reads through batched ReadIndex).
+
+mod logger;
+pub mod proposal;
+pub mod read_index;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use conclave_proto::conclave::internal::v1::{RaftCommand, raft_command::Op};
+use prost::Message as _;
+use raft::prelude::{ConfState, Message};
+use raft::{RawNode, StateRole};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::apply::{ApplyBatch, ApplyOutcome};
+use crate::error::ServerError;
+use crate::storage::StorageError;
+use crate::storage::raft_log::RaftLog;
+use proposal::Waiters;
+use read_index::{ReadIndexBatch, ReadWaiter};
+use transport::Transport;
+
+/// Log entries kept behind the applied index, so a briefly lagging follower catches up from the log.
+pub const LOG_RETENTION: u64 = 10_000;
+/// Truncate the log in steps of this many entries (one durable delete per step).
+const TRUNCATE_STEP: u64 = 1_000;
+/// Most proposals taken from the queue before handling a Ready.
+const MAX_PROPOSALS_PER_READY: usize = 1024;
+
+/// Timing of the raft loop.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftTiming {
+    /// One raft tick; the heartbeat interval.
+    pub tick: Duration,
+    /// Election timeout, in ticks.
+    pub election_ticks: usize,
+}
+
+/// What the rest of the member may know of raft.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub leader: u64,
+    pub term: u64,
+    pub commit: u64,
+    pub last_index: u64,
+    pub is_leader: bool,
+}
+
+struct Proposal {
+    data: Vec<u8>,
+    request_id: u64,
+}
+
+/// The API's handle on this member's raft node.
+pub struct Node {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    proposals: mpsc::Sender<Proposal>,
+    reads: mpsc::Sender<ReadWaiter>,
+    peer_messages: mpsc::Sender<Message>,
+    waiters: Arc<Waiters>,
+    status: watch::Receiver<RaftStatus>,
+    applied: watch::Receiver<u64>,
+    next_request_id: AtomicU64,
+    request_timeout: Duration,
+}
+
+impl Node {
+    /// Current raft status.
+    pub fn status(&self) -> RaftStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn status_watch(&self) -> watch::Receiver<RaftStatus> {
+        self.status.clone()
+    }
+
+    /// Index of the last entry applied to the state machine.
+    pub fn applied_index(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Delivers messages from a peer to the raft task (waits if the task is busy).
+    pub async fn step(&self, messages: Vec<Message>) -> Result<(), ServerError> {
+        for m in messages {
+            self.peer_messages
+                .send(m)
+                .await
+                .map_err(|_| ServerError::Stopped)?;
+        }
+        Ok(())
+    }
+
+    /// Proposes `op` and waits until it is applied on this member. A proposal that raft dropped
+    /// (no leader known) is retried until the deadline; one that was handed to raft and got no
+    /// answer in time is reported as `Timeout`: its outcome is unknown.
+    pub async fn propose(&self, op: Op, max_bytes: usize) -> ApplyOutcome {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+            let cmd = RaftCommand {
+                origin: self.member_id,
+                request_id,
+                op: Some(op.clone()),
+            };
+            let data = cmd.encode_to_vec();
+            if data.len() > max_bytes {
+                return Err(ServerError::RequestTooLarge);
+            }
+            let waiter = self.waiters.register(request_id);
+            if self
+                .proposals
+                .send(Proposal { data, request_id })
+                .await
+                .is_err()
+            {
+                self.waiters.cancel(request_id);
+                return Err(ServerError::Stopped);
+            }
+            match tokio::time::timeout_at(deadline, waiter).await {
+                Ok(Ok(Err(ServerError::NoLeader))) => {
+                    // Dropped before reaching the log: safe to retry once a leader is known.
+                    let mut status = self.status.clone();
+                    let known = tokio::time::timeout_at(deadline, status.wait_for(|s| s.leader != 0));
+                    if known.await.is_err() {
+                        return Err(ServerError::NoLeader);
+                    }
+                }
+                Ok(Ok(outcome)) => return outcome,
+                Ok(Err(_)) => return Err(ServerError::Stopped),
+                Err(_) => {
+                    self.waiters.cancel(request_id);
+                    return Err(ServerError::Timeout);
+                }
+            }
+        }
+    }
+
+    /// Waits until this member has applied everything committed before the call: after it returns,
+    /// a local read is linearizable.
+    pub async fn read_barrier(&self) -> Result<(), ServerError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let (tx, rx) = oneshot::channel();
+        self.reads.send(tx).await.map_err(|_| ServerError::Stopped)?;
+        let index = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(index)) => index,
+            Ok(Err(_)) => return Err(ServerError::Stopped),
+            Err(_) => {
+                return Err(if self.status.borrow().leader == 0 {
+                    ServerError::NoLeader
+                } else {
+                    ServerError::Timeout
+                });
+            }
+        };
+        let mut applied = self.applied.clone();
+        match tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= index)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+}
+
+/// Everything the raft task needs to start.
+pub struct NodeParts {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub log: RaftLog,
+    pub voters: Vec<u64>,
+    pub peers: HashMap<u64, String>,
+    pub timing: RaftTiming,
+    pub applied_index: u64,
+    pub request_timeout: Duration,
+    pub waiters: Arc<Waiters>,
+    pub applied: watch::Receiver<u64>,
+    pub apply: mpsc::Sender<ApplyBatch>,
+}
+
+/// Errors that stop the raft task (and the member).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("raft: {0}")]
+    Unsupported(&'static str),
+}
+
+/// Creates the raft node and returns the handle plus the task to run (on a dedicated thread: it
+/// does blocking fsyncs).
+pub fn create(
+    parts: NodeParts,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(Arc<Node>, Driver), NodeError> {
+    if !parts.log.is_initialized() {
+        parts
+            .log
+            .bootstrap(ConfState::from((parts.voters.clone(), vec![])))?;
+    }
+    let config = raft::Config {
+        id: parts.member_id,
+        election_tick: parts.timing.election_ticks,
+        heartbeat_tick: 1,
+        applied: parts.applied_index,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        read_only_option: raft::ReadOnlyOption::Safe,
+        ..Default::default()
+    };
+    config.validate()?;
+    let raw = RawNode::new(&config, parts.log.clone(), &logger::raft_logger(parts.member_id))?;
+    let (proposals_tx, proposals_rx) = mpsc::channel(4096);
+    let (reads_tx, reads_rx) = mpsc::channel(4096);
+    let (peer_tx, peer_rx) = mpsc::channel(4096);
+    let (unreachable_tx, unreachable_rx) = mpsc::channel(64);
+    let (status_tx, status_rx) = watch::channel(RaftStatus::default());
+    let transport = Transport::start(
+        runtime,
+        parts.cluster_id,
+        parts.member_id,
+        parts.peers,
+        unreachable_tx,
+    );
+    let node = Arc::new(Node {
+        member_id: parts.member_id,
+        cluster_id: parts.cluster_id,
+        proposals: proposals_tx,
+        reads: reads_tx,
+        peer_messages: peer_tx,
+        waiters: parts.waiters.clone(),
+        status: status_rx,
+        applied: parts.applied.clone(),
+        // Unique across restarts: results of an old incarnation's proposals never reach new waiters.
+        next_request_id: AtomicU64::new(rand::random::<u64>() >> 1),
+        request_timeout: parts.request_timeout,
+    });
+    let driver = Driver {
+        raw,
+        log: parts.log,
+        timing: parts.timing,
+        proposals: proposals_rx,
+        reads: reads_rx,
+        peer_messages: peer_rx,
+        unreachable: unreachable_rx,
+        transport,
+        apply: parts.apply,
+        waiters: parts.waiters,
+        status: status_tx,
+        applied: parts.applied,
+        reads_batch: ReadIndexBatch::default(),
+    };
+    Ok((node, driver))
+}
+
+/// The raft task.
+pub struct Driver {
+    raw: RawNode<RaftLog>,
+    log: RaftLog,
+    timing: RaftTiming,
+    proposals: mpsc::Receiver<Proposal>,
+    reads: mpsc::Receiver<ReadWaiter>,
+    peer_messages: mpsc::Receiver<Message>,
+    unreachable: mpsc::Receiver<u64>,
+    transport: Transport,
+    apply: mpsc::Sender<ApplyBatch>,
+    waiters: Arc<Waiters>,
+    status: watch::Sender<RaftStatus>,
+    applied: watch::Receiver<u64>,
+    reads_batch: ReadIndexBatch,
+}
+
+impl Driver {
+    /// Runs until `shutdown` fires or a fatal error occurs.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), NodeError> {
+        let mut ticker = tokio::time::interval(self.timing.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let read_timeout = self.timing.tick * self.timing.election_ticks as u32;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                    if let Some(ctx) = self.reads_batch.on_tick(Instant::now(), read_timeout) {
+                        self.raw.read_index(ctx);
+                    }
+                }
+                Some(p) = self.proposals.recv() => {
+                    self.propose(p);
+                    for _ in 1..MAX_PROPOSALS_PER_READY {
+                        match self.proposals.try_recv() {
+                            Ok(p) => self.propose(p),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(m) = self.peer_messages.recv() => {
+                    self.step(m);
+                    while let Ok(m) = self.peer_messages.try_recv() {
+                        self.step(m);
+                    }
+                }
+                Some(reader) = self.reads.recv() => {
+                    let now = Instant::now();
+                    if let Some(ctx) = self.reads_batch.add(reader, now) {
+                        self.raw.read_index(ctx);
+                    }
+                    while let Ok(reader) = self.reads.try_recv() {
+                        if let Some(ctx) = self.reads_batch.add(reader, now) {
+                            self.raw.read_index(ctx);
+                        }
+                    }
+                }
+                Some(peer) = self.unreachable.recv() => self.raw.report_unreachable(peer),
+                _ = shutdown.changed() => return Ok(()),
+            }
+            self.on_ready().await?;
+            self.maybe_truncate_log()?;
+        }
+    }
+
+    fn propose(&mut self, p: Proposal) {
+        if let Err(e) = self.raw.propose(vec![], p.data) {
+            let outcome = match e {
+                raft::Error::ProposalDropped => Err(ServerError::NoLeader),
+                other => {
+                    tracing::warn!(error = %other, "proposal refused by raft");
+                    Err(ServerError::NoLeader)
+                }
+            };
+            self.waiters.fire(p.request_id, outcome);
+        }
+    }
+
+    fn step(&mut self, m: Message) {
+        if let Err(e) = self.raw.step(m) {
+            tracing::debug!(error = %e, "raft refused a peer message");
+        }
+    }
+
+    async fn on_ready(&mut self) -> Result<(), NodeError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        self.transport.send(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            return Err(NodeError::Unsupported(
+                "received a snapshot, but snapshot install is not supported by this version",
+            ));
+        }
+        let committed = ready.take_committed_entries();
+        self.log.append(ready.entries(), ready.hs())?;
+        let now = Instant::now();
+        for rs in ready.take_read_states() {
+            if let Some(ctx) = self.reads_batch.on_read_state(&rs.request_ctx, rs.index, now) {
+                self.raw.read_index(ctx);
+            }
+        }
+        self.hand_to_apply(committed).await?;
+        self.transport.send(ready.take_persisted_messages());
+        let mut light = self.raw.advance_append(ready);
+        if let Some(commit) = light.commit_index() {
+            self.log.set_commit(commit)?;
+        }
+        self.transport.send(light.take_messages());
+        self.hand_to_apply(light.take_committed_entries()).await?;
+        self.raw.advance_apply();
+        self.publish_status();
+        Ok(())
+    }
+
+    async fn hand_to_apply(&mut self, entries: Vec<raft::prelude::Entry>) -> Result<(), NodeError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.apply
+            .send(ApplyBatch { entries })
+            .await
+            .map_err(|_| NodeError::Unsupported("the apply task stopped"))
+    }
+
+    fn publish_status(&mut self) {
+        let raft = &self.raw.raft;
+        let next = RaftStatus {
+            leader: raft.leader_id,
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            last_index: raft.raft_log.last_index(),
+            is_leader: raft.state == StateRole::Leader,
+        };
+        self.status.send_if_modified(|s| {
+            if *s != next {
+                *s = next;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Drops log entries far enough behind the applied index. A leader also keeps what its
+    /// followers still need, unless they are hopelessly far behind (they will need a snapshot).
+    fn maybe_truncate_log(&mut self) -> Result<(), NodeError> {
+        let applied = *self.applied.borrow();
+        let first = self.log.first_index();
+        let mut target = applied.saturating_sub(LOG_RETENTION);
+        if self.raw.raft.state == StateRole::Leader {
+            let slowest = self
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .map(|(_, p)| p.matched + 1)
+                .min()
+                .unwrap_or(target);
+            target = target.min(slowest.max(applied.saturating_sub(50 * LOG_RETENTION)));
+        }
+        if target >= first + TRUNCATE_STEP {
+            self.log.truncate_prefix(target)?;
+        }
+        Ok(())
+    }
+}

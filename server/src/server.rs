@@ -1,0 +1,275 @@
+//! Assembles a member: opens storage, loads or bootstraps identity, starts the raft task and the
+//! apply task on their own threads (both do blocking disk I/O), serves clients and peers, and stops
+//! everything when `shutdown` completes or a fatal error occurs.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conclave_proto::conclave::internal::v1::{PublishMember, raft_command::Op};
+use conclave_proto::conclave::peer::v1::raft_transport_server::RaftTransportServer;
+use conclave_proto::etcdserverpb::cluster_server::ClusterServer;
+use conclave_proto::etcdserverpb::kv_server::KvServer;
+use conclave_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::cluster::ClusterService;
+use crate::api::kv::KvService;
+use crate::api::maintenance::MaintenanceService;
+use crate::api::peer::PeerService;
+use crate::api::{Context, Limits};
+use crate::apply::Applier;
+use crate::config::{ClusterState, Settings};
+use crate::membership::{BootstrapError, Membership};
+use crate::mvcc::{MvccError, Store};
+use crate::node::proposal::Waiters;
+use crate::node::{self, Node, NodeError, NodeParts, RaftTiming};
+use crate::storage::raft_log::RaftLog;
+use crate::storage::{self, META_APPLIED_INDEX, StorageError};
+
+/// gRPC framing overhead allowed on top of --max-request-bytes (etcd allows the same).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Why the member could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Mvcc(#[from] MvccError),
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Startup(String),
+    #[error("member stopped: {0}")]
+    Fatal(String),
+}
+
+/// Runs a member until `shutdown` completes. Returns an error if it could not start or failed.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let db = storage::open(&settings.data_dir)?;
+    let (membership, identity, fresh) = Membership::open_or_bootstrap(
+        &db,
+        &settings.name,
+        &settings.initial_cluster,
+        &settings.initial_cluster_token,
+    )?;
+    if fresh && settings.initial_cluster_state == ClusterState::Existing {
+        return Err(RunError::Startup(
+            "--initial-cluster-state existing: joining a running cluster needs membership changes, \
+             which this version does not support yet"
+                .into(),
+        ));
+    }
+    tracing::info!(
+        member = format!("{:x}", identity.member_id),
+        cluster = format!("{:x}", identity.cluster_id),
+        data_dir = %settings.data_dir.display(),
+        restarted = !fresh,
+        "starting member"
+    );
+    let log = RaftLog::open(db.clone())?;
+    let started = Instant::now();
+    let store = Arc::new(Store::open(db.clone())?);
+    tracing::info!(
+        revision = store.revision(),
+        keys = store.key_count(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "rebuilt key index"
+    );
+    let applied_index = storage::read_meta(&db, META_APPLIED_INDEX)?;
+    let members = membership.list();
+    let voters: Vec<u64> = members.iter().filter(|m| !m.is_learner).map(|m| m.id).collect();
+    let peers: HashMap<u64, String> = members
+        .iter()
+        .filter_map(|m| m.peer_urls.first().map(|u| (m.id, u.clone())))
+        .collect();
+
+    let (apply_tx, apply_rx) = mpsc::channel(1024);
+    let (applied_tx, applied_rx) = watch::channel(applied_index);
+    let waiters = Arc::new(Waiters::default());
+    let (node, driver) = node::create(
+        NodeParts {
+            member_id: identity.member_id,
+            cluster_id: identity.cluster_id,
+            log,
+            voters,
+            peers,
+            timing: RaftTiming {
+                tick: settings.heartbeat,
+                election_ticks: settings.election_ticks,
+            },
+            applied_index,
+            request_timeout: settings.request_timeout(),
+            waiters: waiters.clone(),
+            applied: applied_rx,
+            apply: apply_tx,
+        },
+        &tokio::runtime::Handle::current(),
+    )?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(4);
+    spawn_raft_thread(driver, stop_rx.clone(), fatal_tx.clone())?;
+    let applier = Applier {
+        db: db.clone(),
+        store: store.clone(),
+        membership: membership.clone(),
+        waiters,
+        applied: applied_tx,
+        member_id: identity.member_id,
+    };
+    let apply_fatal = fatal_tx.clone();
+    std::thread::Builder::new()
+        .name("apply".into())
+        .spawn(move || {
+            if let Err(e) = applier.run(apply_rx) {
+                let _ = apply_fatal.blocking_send(format!("apply: {e}"));
+            }
+        })
+        .map_err(|e| RunError::Startup(format!("cannot start the apply thread: {e}")))?;
+
+    let ctx = Arc::new(Context {
+        node: node.clone(),
+        store,
+        membership: membership.clone(),
+        limits: Limits {
+            max_request_bytes: settings.max_request_bytes,
+            max_txn_ops: settings.max_txn_ops,
+        },
+        data_dir: settings.data_dir.clone(),
+    });
+    let mut servers = Vec::new();
+    for addr in &settings.listen_client {
+        let listener = bind(*addr).await?;
+        let max = settings.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max),
+            )
+            .add_service(
+                MaintenanceServer::new(MaintenanceService::new(ctx.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                ClusterServer::new(ClusterService::new(ctx.clone())).max_decoding_message_size(max),
+            );
+        let stop = stopped(stop_rx.clone());
+        servers.push(tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                .await
+        }));
+        tracing::info!(%addr, "serving clients");
+    }
+    for addr in &settings.listen_peer {
+        let listener = bind(*addr).await?;
+        let router = tonic::transport::Server::builder().tcp_nodelay(true).add_service(
+            RaftTransportServer::new(PeerService::new(node.clone()))
+                .max_decoding_message_size(usize::MAX),
+        );
+        let stop = stopped(stop_rx.clone());
+        servers.push(tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                .await
+        }));
+        tracing::info!(%addr, "serving peers");
+    }
+    let publisher = tokio::spawn(publish_attributes(
+        node.clone(),
+        membership,
+        settings.name.clone(),
+        settings.advertise_client_urls.clone(),
+        settings.max_request_bytes,
+    ));
+
+    let result = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        Some(why) = fatal_rx.recv() => {
+            tracing::error!(%why, "fatal error; stopping");
+            Err(RunError::Fatal(why))
+        }
+    };
+    publisher.abort();
+    let _ = stop_tx.send(true);
+    for s in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    }
+    result
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Listen { addr, source })
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn spawn_raft_thread(
+    driver: node::Driver,
+    stop: watch::Receiver<bool>,
+    fatal: mpsc::Sender<String>,
+) -> Result<(), RunError> {
+    std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let outcome = match runtime {
+                Ok(rt) => rt.block_on(driver.run(stop)).map_err(|e| e.to_string()),
+                Err(e) => Err(format!("cannot start the raft runtime: {e}")),
+            };
+            if let Err(why) = outcome {
+                let _ = fatal.blocking_send(format!("raft: {why}"));
+            }
+        })
+        .map_err(|e| RunError::Startup(format!("cannot start the raft thread: {e}")))?;
+    Ok(())
+}
+
+/// Announces this member's name and client URLs through raft until the member table has them.
+async fn publish_attributes(
+    node: Arc<Node>,
+    membership: Arc<Membership>,
+    name: String,
+    client_urls: Vec<String>,
+    max_bytes: usize,
+) {
+    loop {
+        if membership
+            .get(node.member_id)
+            .is_some_and(|m| m.name == name && m.client_urls == client_urls)
+        {
+            return;
+        }
+        let op = Op::Publish(PublishMember {
+            member_id: node.member_id,
+            name: name.clone(),
+            client_urls: client_urls.clone(),
+        });
+        if let Err(e) = node.propose(op, max_bytes).await {
+            tracing::debug!(error = %e, "publishing member attributes; will retry");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The member's one redb database: the raft log, hard state and conf state (`raft_log`), the MVCC
+//! key-value history (`mvcc`), the member table, and bookkeeping (`meta`, holding the schema version
+//! and the applied index). Opening checks the schema version and refuses a newer one.
+
+mod error;
+pub mod raft_log;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+pub use error::{StorageError, StorageResult};
+
+/// Raft log entries by index (raft-rs `Entry` encoded with its own protobuf).
+pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// Raft's hard state, conf state and the position of the log's truncation point.
+pub const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
+/// MVCC rows by (main revision, sub revision): a kind byte then an encoded `mvccpb.KeyValue`.
+pub const MVCC: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("mvcc");
+/// Member table: member id -> encoded `MemberRecord`.
+pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+/// Small counters: schema version, applied index, compacted revision, identity.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+pub const META_SCHEMA: &str = "schema_version";
+pub const META_APPLIED_INDEX: &str = "applied_index";
+pub const META_COMPACTED_REV: &str = "compacted_revision";
+pub const META_MEMBER_ID: &str = "member_id";
+pub const META_CLUSTER_ID: &str = "cluster_id";
+
+/// The schema this binary writes. Bump it when a table's encoding changes, and teach `open` to upgrade.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// File name of the database inside the data dir.
+pub const DB_FILE: &str = "conclave.redb";
+
+/// Opens (creating if needed) the database in `data_dir`, creating every table so readers never
+/// meet a missing one, and checking the schema version.
+pub fn open(data_dir: &Path) -> StorageResult<Arc<Database>> {
+    std::fs::create_dir_all(data_dir)?;
+    let db = Database::builder()
+        .set_cache_size(256 * 1024 * 1024)
+        .create(data_dir.join(DB_FILE))?;
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(RAFT_LOG)?;
+        txn.open_table(RAFT_STATE)?;
+        txn.open_table(MVCC)?;
+        txn.open_table(MEMBERS)?;
+        let mut meta = txn.open_table(META)?;
+        let found = meta.get(META_SCHEMA)?.map(|v| v.value());
+        match found {
+            None => {
+                meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
+            }
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StorageError::NewerSchema {
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    txn.commit()?;
+    Ok(Arc::new(db))
+}
+
+/// Reads one `meta` counter (0 when absent).
+pub fn read_meta(db: &Database, key: &str) -> StorageResult<u64> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(META)?;
+    Ok(table.get(key)?.map(|v| v.value()).unwrap_or(0))
+}
+
+/// Size of the database file in bytes.
+pub fn file_size(data_dir: &Path) -> u64 {
+    std::fs::metadata(data_dir.join(DB_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open(dir.path()).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(META_SCHEMA, SCHEMA_VERSION + 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = open(dir.path()).err().unwrap();
+        assert!(matches!(err, StorageError::NewerSchema { .. }), "{err}");
+    }
+
+    #[test]
+    fn reopens_same_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()).unwrap());
+        let db = open(dir.path()).unwrap();
+        assert_eq!(read_meta(&db, META_SCHEMA).unwrap(), SCHEMA_VERSION);
+    }
+}

@@ -1,0 +1,453 @@
+//! `raft::Storage` over redb: the raft log, hard state and conf state of one member.
+//!
+//! Contract (raft-rs): if a method here fails, the raft instance is inoperable and the member stops.
+//! Writes (`append`, `set_commit`, `truncate_prefix`) are called only by the raft task; reads come from
+//! raft-rs on the same task. Entries are made durable (`Durability::Immediate`) before `append`
+//! returns, so the raft task may send the messages that depend on them afterwards.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+
+use super::{RAFT_LOG, RAFT_STATE, StorageError, StorageResult};
+
+const KEY_HARD_STATE: &str = "hard_state";
+const KEY_CONF_STATE: &str = "conf_state";
+/// Index and term of the last entry removed from the front of the log (0, 0 for a whole log).
+const KEY_TRUNCATED: &str = "truncated";
+
+/// How many of the newest entries are kept in memory, so that replication and `term` lookups do not
+/// read the database.
+const TAIL_CACHE_ENTRIES: usize = 4096;
+
+/// The raft log of one member, shared between the raft task (writes) and raft-rs (reads).
+#[derive(Clone)]
+pub struct RaftLog {
+    db: Arc<Database>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+struct Inner {
+    hard_state: HardState,
+    conf_state: ConfState,
+    truncated_index: u64,
+    truncated_term: u64,
+    last_index: u64,
+    /// The newest entries, contiguous, ending at `last_index`.
+    tail: VecDeque<Entry>,
+}
+
+impl Inner {
+    fn first_index(&self) -> u64 {
+        self.truncated_index + 1
+    }
+
+    fn cached(&self, index: u64) -> Option<&Entry> {
+        let first = self.tail.front()?.index;
+        if index < first {
+            return None;
+        }
+        self.tail.get((index - first) as usize)
+    }
+}
+
+fn corrupt(detail: impl ToString) -> StorageError {
+    StorageError::Corrupt {
+        table: "raft_log",
+        detail: detail.to_string(),
+    }
+}
+
+fn encode<M: protobuf::Message>(m: &M) -> StorageResult<Vec<u8>> {
+    m.write_to_bytes().map_err(corrupt)
+}
+
+fn decode<M: protobuf::Message>(bytes: &[u8]) -> StorageResult<M> {
+    M::parse_from_bytes(bytes).map_err(corrupt)
+}
+
+fn store_err(e: StorageError) -> raft::Error {
+    raft::Error::Store(raft::StorageError::Other(Box::new(e)))
+}
+
+impl RaftLog {
+    /// Loads the raft state of the database (an empty log when new).
+    pub fn open(db: Arc<Database>) -> StorageResult<Self> {
+        let txn = db.begin_read()?;
+        let state = txn.open_table(RAFT_STATE)?;
+        let hard_state = match state.get(KEY_HARD_STATE)? {
+            Some(v) => decode(v.value())?,
+            None => HardState::default(),
+        };
+        let conf_state = match state.get(KEY_CONF_STATE)? {
+            Some(v) => decode(v.value())?,
+            None => ConfState::default(),
+        };
+        let (truncated_index, truncated_term) = match state.get(KEY_TRUNCATED)? {
+            Some(v) => decode_pair(v.value())?,
+            None => (0, 0),
+        };
+        let log = txn.open_table(RAFT_LOG)?;
+        let last_index = match log.last()? {
+            Some((k, _)) => k.value(),
+            None => truncated_index,
+        };
+        let mut tail = VecDeque::new();
+        let tail_start = last_index
+            .saturating_sub(TAIL_CACHE_ENTRIES as u64)
+            .max(truncated_index)
+            + 1;
+        for row in log.range(tail_start..)? {
+            let (_, v) = row?;
+            tail.push_back(decode::<Entry>(v.value())?);
+        }
+        Ok(RaftLog {
+            db,
+            inner: Arc::new(Mutex::new(Inner {
+                hard_state,
+                conf_state,
+                truncated_index,
+                truncated_term,
+                last_index,
+                tail,
+            })),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means a panic while holding it; the data is still the last written state.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True once a conf state has been stored (the member was bootstrapped before).
+    pub fn is_initialized(&self) -> bool {
+        self.lock().conf_state != ConfState::default()
+    }
+
+    /// Stores the initial voters of a new cluster.
+    pub fn bootstrap(&self, conf_state: ConfState) -> StorageResult<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(RAFT_STATE)?
+            .insert(KEY_CONF_STATE, encode(&conf_state)?.as_slice())?;
+        txn.commit()?;
+        self.lock().conf_state = conf_state;
+        Ok(())
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        self.lock().hard_state.clone()
+    }
+
+    pub fn conf_state(&self) -> ConfState {
+        self.lock().conf_state.clone()
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.lock().last_index
+    }
+
+    pub fn first_index(&self) -> u64 {
+        self.lock().first_index()
+    }
+
+    /// Appends `entries` (replacing any conflicting suffix) and stores `hard_state`, durably, in one
+    /// transaction.
+    pub fn append(&self, entries: &[Entry], hard_state: Option<&HardState>) -> StorageResult<()> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        let mut inner = self.lock();
+        let txn = self.db.begin_write()?;
+        {
+            let mut log = txn.open_table(RAFT_LOG)?;
+            if let Some(first) = entries.first() {
+                // Entries from `first.index` on are replaced: drop the old suffix.
+                if first.index <= inner.last_index {
+                    for index in first.index..=inner.last_index {
+                        log.remove(index)?;
+                    }
+                }
+                for e in entries {
+                    log.insert(e.index, encode(e)?.as_slice())?;
+                }
+            }
+            if let Some(hs) = hard_state {
+                txn.open_table(RAFT_STATE)?
+                    .insert(KEY_HARD_STATE, encode(hs)?.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        if let Some(first) = entries.first() {
+            while inner.tail.back().is_some_and(|e| e.index >= first.index) {
+                inner.tail.pop_back();
+            }
+            if inner.tail.back().is_some_and(|e| e.index + 1 != first.index) {
+                inner.tail.clear();
+            }
+            inner.tail.extend(entries.iter().cloned());
+            while inner.tail.len() > TAIL_CACHE_ENTRIES {
+                inner.tail.pop_front();
+            }
+            inner.last_index = entries.last().map_or(inner.last_index, |e| e.index);
+        }
+        if let Some(hs) = hard_state {
+            inner.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Records a new commit index. Not fsynced by itself: the caller writes it before handing the
+    /// newly committed entries to apply, so any durable state that includes their effects includes
+    /// this commit index too (raft-rs requires commit >= applied at restart).
+    pub fn set_commit(&self, commit: u64) -> StorageResult<()> {
+        let mut inner = self.lock();
+        let mut hs = inner.hard_state.clone();
+        if hs.commit >= commit {
+            return Ok(());
+        }
+        hs.commit = commit;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        txn.open_table(RAFT_STATE)?
+            .insert(KEY_HARD_STATE, encode(&hs)?.as_slice())?;
+        txn.commit()?;
+        inner.hard_state = hs;
+        Ok(())
+    }
+
+    /// Removes entries before `index` (keeping `index` itself). Durable, so it also makes every
+    /// earlier non-durable commit (applied state) durable first: truncation never outruns apply.
+    pub fn truncate_prefix(&self, index: u64) -> StorageResult<()> {
+        let mut inner = self.lock();
+        if index <= inner.first_index() || index > inner.last_index {
+            return Ok(());
+        }
+        let term = term_of(&inner, &self.db, index - 1)?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut log = txn.open_table(RAFT_LOG)?;
+            let first = inner.first_index();
+            log.retain_in(first..index, |_, _| false)?;
+            txn.open_table(RAFT_STATE)?
+                .insert(KEY_TRUNCATED, encode_pair(index - 1, term).as_slice())?;
+        }
+        // Default durability (Immediate): also persists every earlier non-durable apply commit.
+        txn.commit()?;
+        inner.truncated_index = index - 1;
+        inner.truncated_term = term;
+        while inner.tail.front().is_some_and(|e| e.index < index) {
+            inner.tail.pop_front();
+        }
+        Ok(())
+    }
+}
+
+fn encode_pair(a: u64, b: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&a.to_be_bytes());
+    v.extend_from_slice(&b.to_be_bytes());
+    v
+}
+
+fn decode_pair(bytes: &[u8]) -> StorageResult<(u64, u64)> {
+    let a: [u8; 8] = bytes
+        .get(0..8)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| corrupt("short truncation record"))?;
+    let b: [u8; 8] = bytes
+        .get(8..16)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| corrupt("short truncation record"))?;
+    Ok((u64::from_be_bytes(a), u64::from_be_bytes(b)))
+}
+
+fn term_of(inner: &Inner, db: &Database, index: u64) -> StorageResult<u64> {
+    if index == inner.truncated_index {
+        return Ok(inner.truncated_term);
+    }
+    if let Some(e) = inner.cached(index) {
+        return Ok(e.term);
+    }
+    let txn = db.begin_read()?;
+    let log = txn.open_table(RAFT_LOG)?;
+    match log.get(index)? {
+        Some(v) => Ok(decode::<Entry>(v.value())?.term),
+        None => Err(corrupt(format!("missing entry {index}"))),
+    }
+}
+
+impl raft::Storage for RaftLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let inner = self.lock();
+        Ok(RaftState::new(
+            inner.hard_state.clone(),
+            inner.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into();
+        let inner = self.lock();
+        if low < inner.first_index() {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > inner.last_index + 1 {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let mut out = Vec::with_capacity((high - low) as usize);
+        if inner.cached(low).is_some() {
+            for index in low..high {
+                match inner.cached(index) {
+                    Some(e) => out.push(e.clone()),
+                    None => return Err(store_err(corrupt(format!("cache gap at {index}")))),
+                }
+            }
+        } else {
+            let read = || -> StorageResult<Vec<Entry>> {
+                let txn = self.db.begin_read()?;
+                let log = txn.open_table(RAFT_LOG)?;
+                let mut v = Vec::new();
+                for row in log.range(low..high)? {
+                    let (_, bytes) = row?;
+                    v.push(decode::<Entry>(bytes.value())?);
+                }
+                Ok(v)
+            };
+            out = read().map_err(store_err)?;
+            if out.len() as u64 != high - low {
+                return Err(store_err(corrupt(format!(
+                    "entries {low}..{high} incomplete"
+                ))));
+            }
+        }
+        raft::util::limit_size(&mut out, max_size);
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let inner = self.lock();
+        if idx == inner.truncated_index {
+            return Ok(inner.truncated_term);
+        }
+        if idx < inner.first_index() {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if idx > inner.last_index {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        term_of(&inner, &self.db, idx).map_err(store_err)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.lock().first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.lock().last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Members that fall behind the truncation point are caught up by snapshot transfer, which is
+        // not built yet; until then raft-rs retries, and the log keeps a long tail (see node::LOG_RETENTION).
+        Err(raft::Error::Store(
+            raft::StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = bytes::Bytes::from(format!("e{index}"));
+        e
+    }
+
+    fn open_log(dir: &std::path::Path) -> RaftLog {
+        RaftLog::open(crate::storage::open(dir).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn append_replace_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_log(dir.path());
+        assert_eq!((log.first_index(), log.last_index()), (1, 0));
+        let ents: Vec<_> = (1..=5).map(|i| entry(i, 1)).collect();
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.commit = 3;
+        log.append(&ents, Some(&hs)).unwrap();
+        // A new leader overwrites 4..: the old 4 and 5 are gone.
+        log.append(&[entry(4, 2)], None).unwrap();
+        assert_eq!(log.last_index(), 4);
+        assert_eq!(log.term(4).unwrap(), 2);
+        assert_eq!(log.term(3).unwrap(), 1);
+        drop(log);
+        let log = open_log(dir.path());
+        assert_eq!(log.last_index(), 4);
+        assert_eq!(log.hard_state().commit, 3);
+        let got = log
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(1, 1), (2, 1), (3, 1), (4, 2)]
+        );
+    }
+
+    #[test]
+    fn truncate_prefix_keeps_term_of_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_log(dir.path());
+        let ents: Vec<_> = (1..=10).map(|i| entry(i, i / 4 + 1)).collect();
+        log.append(&ents, None).unwrap();
+        log.truncate_prefix(6).unwrap();
+        assert_eq!(log.first_index(), 6);
+        assert_eq!(log.term(5).unwrap(), 5 / 4 + 1);
+        assert!(matches!(
+            log.term(4),
+            Err(raft::Error::Store(raft::StorageError::Compacted))
+        ));
+        assert!(matches!(
+            log.entries(3, 7, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(raft::StorageError::Compacted))
+        ));
+        drop(log);
+        let log = open_log(dir.path());
+        assert_eq!((log.first_index(), log.last_index()), (6, 10));
+        assert_eq!(log.term(5).unwrap(), 5 / 4 + 1);
+    }
+
+    #[test]
+    fn reads_beyond_cache_come_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_log(dir.path());
+        let n = TAIL_CACHE_ENTRIES as u64 + 100;
+        let ents: Vec<_> = (1..=n).map(|i| entry(i, 1)).collect();
+        log.append(&ents, None).unwrap();
+        let got = log
+            .entries(1, 11, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(got.len(), 10);
+        assert_eq!(got[9].data, bytes::Bytes::from("e10"));
+        // A size limit still returns at least one entry.
+        let got = log
+            .entries(1, 11, Some(1), GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(got.len(), 1);
+    }
+}
