@@ -96,7 +96,11 @@ impl Applier {
         Ok(())
     }
 
-    fn apply_command(&self, txn: &WriteTransaction, cmd: &RaftCommand) -> StorageResult<ApplyOutcome> {
+    fn apply_command(
+        &self,
+        txn: &WriteTransaction,
+        cmd: &RaftCommand,
+    ) -> StorageResult<ApplyOutcome> {
         let Some(op) = &cmd.op else {
             return Ok(Err(ServerError::NotCapable));
         };

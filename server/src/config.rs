@@ -22,7 +22,11 @@ pub enum ClusterState {
 
 /// Command line of the `conclave` server.
 #[derive(Debug, Clone, Parser, Deserialize)]
-#[command(name = "conclave", version, about = "Conclave: an etcd-v3-compatible coordination service")]
+#[command(
+    name = "conclave",
+    version,
+    about = "Conclave: an etcd-v3-compatible coordination service"
+)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct Flags {
     /// TOML file with the same keys as the flags (e.g. `data-dir = "/var/lib/conclave"`).
@@ -124,8 +128,13 @@ pub fn from_args() -> Result<Flags, ConfigError> {
     if let Some(path) = flags.config.clone() {
         let text = std::fs::read_to_string(&path)
             .map_err(|e| bad("config", &path.display().to_string(), e))?;
-        let file: Flags = toml::from_str(&text)
-            .map_err(|e| bad("config", &path.display().to_string(), e.message().to_string()))?;
+        let file: Flags = toml::from_str(&text).map_err(|e| {
+            bad(
+                "config",
+                &path.display().to_string(),
+                e.message().to_string(),
+            )
+        })?;
         flags = merge(flags, file, &matches);
     }
     Ok(flags)
@@ -352,9 +361,18 @@ mod tests {
     #[test]
     fn errors_name_the_flag() {
         let cases: &[(&[&str], &str)] = &[
-            (&["--listen-client-urls", "nonsense"], "--listen-client-urls"),
-            (&["--listen-client-urls", "https://127.0.0.1:1"], "--listen-client-urls"),
-            (&["--initial-cluster", "x=http://127.0.0.1:1"], "--initial-cluster"),
+            (
+                &["--listen-client-urls", "nonsense"],
+                "--listen-client-urls",
+            ),
+            (
+                &["--listen-client-urls", "https://127.0.0.1:1"],
+                "--listen-client-urls",
+            ),
+            (
+                &["--initial-cluster", "x=http://127.0.0.1:1"],
+                "--initial-cluster",
+            ),
             (&["--initial-cluster", "garbage"], "--initial-cluster"),
             (&["--election-timeout", "200"], "--election-timeout"),
             (&["--max-txn-ops", "0"], "--max-txn-ops"),

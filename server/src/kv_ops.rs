@@ -66,7 +66,8 @@ fn header(revision: i64) -> Option<ResponseHeader> {
 /// Serves a Range request.
 pub fn range(reader: &impl Reader, req: &RangeRequest) -> KvResult<RangeResponse> {
     use range_request::{SortOrder, SortTarget};
-    let sort_order = SortOrder::try_from(req.sort_order).map_err(|_| ServerError::InvalidSortOption)?;
+    let sort_order =
+        SortOrder::try_from(req.sort_order).map_err(|_| ServerError::InvalidSortOption)?;
     let sort_target =
         SortTarget::try_from(req.sort_target).map_err(|_| ServerError::InvalidSortOption)?;
     let filtered = req.min_mod_revision != 0
@@ -219,7 +220,11 @@ fn choose_branches(w: &Writer<'_, '_>, req: &TxnRequest, path: &mut Vec<bool>) -
 }
 
 fn branch(req: &TxnRequest, succeeded: bool) -> &[RequestOp] {
-    if succeeded { &req.success } else { &req.failure }
+    if succeeded {
+        &req.success
+    } else {
+        &req.failure
+    }
 }
 
 fn check_path(w: &Writer<'_, '_>, req: &TxnRequest, path: &[bool], at: &mut usize) -> KvResult<()> {
@@ -267,7 +272,9 @@ fn execute(
             Some(request_op::Request::RequestRange(r)) => {
                 response_op::Response::ResponseRange(range(&*w, r)?)
             }
-            Some(request_op::Request::RequestPut(p)) => response_op::Response::ResponsePut(put(w, p)?),
+            Some(request_op::Request::RequestPut(p)) => {
+                response_op::Response::ResponsePut(put(w, p)?)
+            }
             Some(request_op::Request::RequestDeleteRange(d)) => {
                 response_op::Response::ResponseDeleteRange(delete_range(w, d)?)
             }
@@ -289,7 +296,8 @@ fn execute(
 
 fn compare_holds(w: &Writer<'_, '_>, c: &Compare) -> KvResult<bool> {
     let res = w.range(KeyRange::new(&c.key, &c.range_end), RangeOptions::default())?;
-    let target = compare::CompareTarget::try_from(c.target).unwrap_or(compare::CompareTarget::Version);
+    let target =
+        compare::CompareTarget::try_from(c.target).unwrap_or(compare::CompareTarget::Version);
     if res.kvs.is_empty() {
         // A missing key has version/revisions/lease 0, but no value to compare against.
         if target == compare::CompareTarget::Value {

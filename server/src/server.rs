@@ -90,7 +90,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     );
     let applied_index = storage::read_meta(&db, META_APPLIED_INDEX)?;
     let members = membership.list();
-    let voters: Vec<u64> = members.iter().filter(|m| !m.is_learner).map(|m| m.id).collect();
+    let voters: Vec<u64> = members
+        .iter()
+        .filter(|m| !m.is_learner)
+        .map(|m| m.id)
+        .collect();
     let peers: HashMap<u64, String> = members
         .iter()
         .filter_map(|m| m.peer_urls.first().map(|u| (m.id, u.clone())))
@@ -156,9 +160,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         let max = settings.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(
-                KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max),
-            )
+            .add_service(KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max))
             .add_service(
                 MaintenanceServer::new(MaintenanceService::new(ctx.clone()))
                     .max_decoding_message_size(max),
@@ -176,10 +178,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     }
     for addr in &settings.listen_peer {
         let listener = bind(*addr).await?;
-        let router = tonic::transport::Server::builder().tcp_nodelay(true).add_service(
-            RaftTransportServer::new(PeerService::new(node.clone()))
-                .max_decoding_message_size(usize::MAX),
-        );
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                RaftTransportServer::new(PeerService::new(node.clone()))
+                    .max_decoding_message_size(usize::MAX),
+            );
         let stop = stopped(stop_rx.clone());
         servers.push(tokio::spawn(async move {
             router

@@ -33,8 +33,9 @@ impl RaftTransport for PeerService {
         }
         let mut messages = Vec::with_capacity(batch.messages.len());
         for bytes in &batch.messages {
-            let m = Message::parse_from_bytes(bytes)
-                .map_err(|e| Status::invalid_argument(format!("conclave: bad raft message: {e}")))?;
+            let m = Message::parse_from_bytes(bytes).map_err(|e| {
+                Status::invalid_argument(format!("conclave: bad raft message: {e}"))
+            })?;
             messages.push(m);
         }
         self.node.step(messages).await?;

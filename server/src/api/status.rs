@@ -45,7 +45,11 @@ mod tests {
     #[test]
     fn etcd_codes_and_messages() {
         let cases = [
-            (ServerError::EmptyKey, Code::InvalidArgument, "etcdserver: key is not provided"),
+            (
+                ServerError::EmptyKey,
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
             (
                 ServerError::Compacted,
                 Code::OutOfRange,
@@ -71,8 +75,16 @@ mod tests {
                 Code::NotFound,
                 "etcdserver: requested lease not found",
             ),
-            (ServerError::Timeout, Code::Unavailable, "etcdserver: request timed out"),
-            (ServerError::NoLeader, Code::Unavailable, "etcdserver: no leader"),
+            (
+                ServerError::Timeout,
+                Code::Unavailable,
+                "etcdserver: request timed out",
+            ),
+            (
+                ServerError::NoLeader,
+                Code::Unavailable,
+                "etcdserver: no leader",
+            ),
             (
                 ServerError::RequestTooLarge,
                 Code::InvalidArgument,

@@ -185,10 +185,19 @@ mod tests {
         // Overlapping deletes are fine.
         assert_eq!(check(vec![del_op("a", "c"), del_op("b", "d")]), Ok(()));
         // Both branches of a nested txn may put the same key...
-        assert_eq!(check(vec![txn_op(vec![put_op("a")], vec![put_op("a")])]), Ok(()));
+        assert_eq!(
+            check(vec![txn_op(vec![put_op("a")], vec![put_op("a")])]),
+            Ok(())
+        );
         // ...but not a key the outer level puts too.
-        assert_eq!(check(vec![txn_op(vec![put_op("a")], vec![]), put_op("a")]), dup);
-        assert_eq!(check(vec![txn_op(vec![del_op("a", "b")], vec![]), put_op("a")]), dup);
+        assert_eq!(
+            check(vec![txn_op(vec![put_op("a")], vec![]), put_op("a")]),
+            dup
+        );
+        assert_eq!(
+            check(vec![txn_op(vec![del_op("a", "b")], vec![]), put_op("a")]),
+            dup
+        );
     }
 
     #[test]

@@ -72,8 +72,14 @@ impl Membership {
     ) -> Result<(Arc<Membership>, Identity, bool), BootstrapError> {
         let read = db.begin_read().map_err(StorageError::from)?;
         let meta = read.open_table(META).map_err(StorageError::from)?;
-        let stored_member = meta.get(META_MEMBER_ID).map_err(StorageError::from)?.map(|v| v.value());
-        let stored_cluster = meta.get(META_CLUSTER_ID).map_err(StorageError::from)?.map(|v| v.value());
+        let stored_member = meta
+            .get(META_MEMBER_ID)
+            .map_err(StorageError::from)?
+            .map(|v| v.value());
+        let stored_cluster = meta
+            .get(META_CLUSTER_ID)
+            .map_err(StorageError::from)?
+            .map(|v| v.value());
         drop(meta);
         if let (Some(member_id), Some(cluster_id)) = (stored_member, stored_cluster) {
             let table = read.open_table(MEMBERS).map_err(StorageError::from)?;
@@ -174,7 +180,10 @@ impl Membership {
     pub fn apply_publish(&self, txn: &WriteTransaction, p: &PublishMember) -> StorageResult<()> {
         let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
         let Some(rec) = members.get_mut(&p.member_id) else {
-            tracing::warn!(member = format!("{:x}", p.member_id), "publish from an unknown member");
+            tracing::warn!(
+                member = format!("{:x}", p.member_id),
+                "publish from an unknown member"
+            );
             return Ok(());
         };
         rec.name = p.name.clone();
@@ -206,7 +215,10 @@ mod tests {
         let b = member_id(&["http://b:2380".into(), "http://a:2380".into()], "t");
         assert_eq!(a, b);
         assert_ne!(a, member_id(&["http://a:2380".into()], "t"));
-        assert_ne!(a, member_id(&["http://a:2380".into(), "http://b:2380".into()], "u"));
+        assert_ne!(
+            a,
+            member_id(&["http://a:2380".into(), "http://b:2380".into()], "u")
+        );
         assert_eq!(cluster_id(&[3, 1, 2], "t"), cluster_id(&[1, 2, 3], "t"));
     }
 

@@ -156,7 +156,11 @@ mod tests {
     fn compact_keeps_what_later_reads_see() {
         // (compact at, revisions kept for the store, reads that must still work)
         let cases: &[(i64, &[i64], &[(i64, Option<i64>)])] = &[
-            (2, &[2], &[(2, Some(2)), (3, Some(3)), (5, None), (7, Some(7))]),
+            (
+                2,
+                &[2],
+                &[(2, Some(2)), (3, Some(3)), (5, None), (7, Some(7))],
+            ),
             (4, &[3], &[(4, Some(3)), (5, None), (7, Some(7))]),
             // The whole first generation ended at 5: nothing of it is needed from 5 on.
             (5, &[], &[(5, None), (6, None), (7, Some(7))]),

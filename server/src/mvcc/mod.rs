@@ -41,11 +41,7 @@ macro_rules! from_redb {
     )*};
 }
 
-from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError
-);
+from_redb!(redb::TransactionError, redb::TableError, redb::StorageError);
 
 pub type MvccResult<T> = Result<T, MvccError>;
 
@@ -424,10 +420,9 @@ impl Writer<'_, '_> {
             .keys
             .retain(|_, history| !history.compact(at, &mut keep));
         let upper = (at as u64, u64::MAX);
-        self.table
-            .retain_in(..=upper, |(main, sub), _| {
-                keep.contains(&Revision::new(main as i64, sub as i64))
-            })?;
+        self.table.retain_in(..=upper, |(main, sub), _| {
+            keep.contains(&Revision::new(main as i64, sub as i64))
+        })?;
         self.index.compacted = at;
         self.txn
             .open_table(META)?

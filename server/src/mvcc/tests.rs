@@ -78,10 +78,7 @@ fn put_tracks_create_mod_version() {
     f.put("a", "1");
     f.put("a", "2");
     let kv = f.get_at("a", 0).unwrap().unwrap();
-    assert_eq!(
-        (kv.create_revision, kv.mod_revision, kv.version),
-        (2, 3, 2)
-    );
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
     assert_eq!(kv.value, b"2");
     // Delete resets version; a new create starts a new generation.
     f.write(|w| {
@@ -90,10 +87,7 @@ fn put_tracks_create_mod_version() {
     assert_eq!(f.get_at("a", 0).unwrap(), None);
     f.put("a", "3");
     let kv = f.get_at("a", 0).unwrap().unwrap();
-    assert_eq!(
-        (kv.create_revision, kv.mod_revision, kv.version),
-        (5, 5, 1)
-    );
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
     // The past is still readable.
     assert_eq!(f.get_at("a", 2).unwrap().unwrap().value, b"1");
     assert_eq!(f.get_at("a", 4).unwrap(), None);
@@ -117,7 +111,11 @@ fn delete_of_nothing_makes_no_revision() {
     let f = Fixture::new();
     f.put("a", "1");
     let rev = f.write(|w| {
-        assert!(w.delete_range(KeyRange::new(b"zzz", b"")).unwrap().is_empty());
+        assert!(
+            w.delete_range(KeyRange::new(b"zzz", b""))
+                .unwrap()
+                .is_empty()
+        );
     });
     assert_eq!(rev, 2);
 }

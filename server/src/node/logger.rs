@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use slog::{Drain, Key, OwnedKVList, Record, Serializer, KV};
+use slog::{Drain, KV, Key, OwnedKVList, Record, Serializer};
 
 struct TracingDrain;
 
@@ -40,5 +40,8 @@ impl Drain for TracingDrain {
 
 /// A slog logger for raft-rs that writes through `tracing`.
 pub fn raft_logger(member_id: u64) -> slog::Logger {
-    slog::Logger::root(TracingDrain.fuse(), slog::o!("member" => format!("{member_id:x}")))
+    slog::Logger::root(
+        TracingDrain.fuse(),
+        slog::o!("member" => format!("{member_id:x}")),
+    )
 }

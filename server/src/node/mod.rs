@@ -133,7 +133,8 @@ impl Node {
                 Ok(Ok(Err(ServerError::NoLeader))) => {
                     // Dropped before reaching the log: safe to retry once a leader is known.
                     let mut status = self.status.clone();
-                    let known = tokio::time::timeout_at(deadline, status.wait_for(|s| s.leader != 0));
+                    let known =
+                        tokio::time::timeout_at(deadline, status.wait_for(|s| s.leader != 0));
                     if known.await.is_err() {
                         return Err(ServerError::NoLeader);
                     }
@@ -153,7 +154,10 @@ impl Node {
     pub async fn read_barrier(&self) -> Result<(), ServerError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let (tx, rx) = oneshot::channel();
-        self.reads.send(tx).await.map_err(|_| ServerError::Stopped)?;
+        self.reads
+            .send(tx)
+            .await
+            .map_err(|_| ServerError::Stopped)?;
         let index = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(index)) => index,
             Ok(Err(_)) => return Err(ServerError::Stopped),
@@ -224,7 +228,11 @@ pub fn create(
         ..Default::default()
     };
     config.validate()?;
-    let raw = RawNode::new(&config, parts.log.clone(), &logger::raft_logger(parts.member_id))?;
+    let raw = RawNode::new(
+        &config,
+        parts.log.clone(),
+        &logger::raft_logger(parts.member_id),
+    )?;
     let (proposals_tx, proposals_rx) = mpsc::channel(4096);
     let (reads_tx, reads_rx) = mpsc::channel(4096);
     let (peer_tx, peer_rx) = mpsc::channel(4096);
@@ -367,7 +375,10 @@ impl Driver {
         self.log.append(ready.entries(), ready.hs())?;
         let now = Instant::now();
         for rs in ready.take_read_states() {
-            if let Some(ctx) = self.reads_batch.on_read_state(&rs.request_ctx, rs.index, now) {
+            if let Some(ctx) = self
+                .reads_batch
+                .on_read_state(&rs.request_ctx, rs.index, now)
+            {
                 self.raw.read_index(ctx);
             }
         }

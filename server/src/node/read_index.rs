@@ -98,7 +98,10 @@ mod tests {
         assert!(b.add(t3, now).is_none());
         let c2 = b.on_read_state(&c1, 10, now).unwrap();
         assert_eq!(r1.try_recv().unwrap(), 10);
-        assert!(r2.try_recv().is_err(), "r2 must wait for a round started after it arrived");
+        assert!(
+            r2.try_recv().is_err(),
+            "r2 must wait for a round started after it arrived"
+        );
         assert!(b.on_read_state(&c2, 12, now).is_none());
         assert_eq!(r2.try_recv().unwrap(), 12);
         assert_eq!(r3.try_recv().unwrap(), 12);

@@ -43,14 +43,7 @@ impl Transport {
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            runtime.spawn(deliver(
-                cluster_id,
-                from,
-                id,
-                url,
-                rx,
-                unreachable.clone(),
-            ));
+            runtime.spawn(deliver(cluster_id, from, id, url, rx, unreachable.clone()));
             queues.insert(id, tx);
         }
         Transport { peers: queues }

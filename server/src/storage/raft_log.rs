@@ -184,7 +184,11 @@ impl RaftLog {
             while inner.tail.back().is_some_and(|e| e.index >= first.index) {
                 inner.tail.pop_back();
             }
-            if inner.tail.back().is_some_and(|e| e.index + 1 != first.index) {
+            if inner
+                .tail
+                .back()
+                .is_some_and(|e| e.index + 1 != first.index)
+            {
                 inner.tail.clear();
             }
             inner.tail.extend(entries.iter().cloned());
