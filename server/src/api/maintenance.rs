@@ -1,5 +1,5 @@
 //! etcdserverpb.Maintenance: Status with real values (etcdctl and clients use it to find members and
-//! the leader). Alarms, hashes, defragmentation, snapshots and leader moves arrive with the
+//! the leader) and MoveLeader. Alarms, hashes, defragmentation and snapshots arrive with the
 //! cluster-operations work and answer `Unimplemented` until then.
 
 use std::pin::Pin;
@@ -15,6 +15,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::Context;
+use crate::error::ServerError;
 use crate::storage;
 
 /// The etcd version whose API this server speaks (reported in Status.version).
@@ -85,9 +86,20 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(not_yet("MoveLeader"))
+        let target = req.into_inner().target_id;
+        if !self.ctx.node.status().is_leader {
+            return Err(ServerError::NotLeader.into());
+        }
+        match self.ctx.membership.get(target) {
+            Some(m) if !m.is_learner => {}
+            _ => return Err(ServerError::BadLeaderTransferee.into()),
+        }
+        self.ctx.node.transfer_leadership(target).await?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.ctx.header(0)),
+        }))
     }
 
     async fn downgrade(

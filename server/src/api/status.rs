@@ -18,11 +18,13 @@ impl From<ServerError> for Status {
             | ServerError::InvalidSortOption
             | ServerError::RequestTooLarge => Code::InvalidArgument,
             ServerError::Compacted | ServerError::FutureRevision => Code::OutOfRange,
+            ServerError::NotLeader | ServerError::BadLeaderTransferee => Code::FailedPrecondition,
             ServerError::LeaseNotFound | ServerError::MemberNotFound => Code::NotFound,
             ServerError::NoLeader
             | ServerError::Timeout
             | ServerError::Stopped
             | ServerError::NotCapable
+            | ServerError::LeaderTransferTimeout
             | ServerError::Storage(_) => Code::Unavailable,
         };
         Status::new(code, e.to_string())

@@ -69,6 +69,7 @@ pub struct Node {
     proposals: mpsc::Sender<Proposal>,
     reads: mpsc::Sender<ReadWaiter>,
     peer_messages: mpsc::Sender<Message>,
+    transfers: mpsc::Sender<u64>,
     waiters: Arc<Waiters>,
     status: watch::Receiver<RaftStatus>,
     applied: watch::Receiver<u64>,
@@ -146,6 +147,32 @@ impl Node {
                     return Err(ServerError::Timeout);
                 }
             }
+        }
+    }
+
+    /// Moves leadership to `target` (a voting member) and waits until it leads. Only the leader
+    /// can do this; the caller checks that `target` is a voter.
+    pub async fn transfer_leadership(&self, target: u64) -> Result<(), ServerError> {
+        if !self.status.borrow().is_leader {
+            return Err(ServerError::NotLeader);
+        }
+        if target == self.member_id {
+            return Ok(());
+        }
+        self.transfers
+            .send(target)
+            .await
+            .map_err(|_| ServerError::Stopped)?;
+        let mut status = self.status.clone();
+        match tokio::time::timeout(
+            self.request_timeout,
+            status.wait_for(|s| s.leader == target),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(ServerError::LeaderTransferTimeout),
         }
     }
 
@@ -237,6 +264,7 @@ pub fn create(
     let (reads_tx, reads_rx) = mpsc::channel(4096);
     let (peer_tx, peer_rx) = mpsc::channel(4096);
     let (unreachable_tx, unreachable_rx) = mpsc::channel(64);
+    let (transfers_tx, transfers_rx) = mpsc::channel(8);
     let (status_tx, status_rx) = watch::channel(RaftStatus::default());
     let transport = Transport::start(
         runtime,
@@ -251,6 +279,7 @@ pub fn create(
         proposals: proposals_tx,
         reads: reads_tx,
         peer_messages: peer_tx,
+        transfers: transfers_tx,
         waiters: parts.waiters.clone(),
         status: status_rx,
         applied: parts.applied.clone(),
@@ -266,6 +295,7 @@ pub fn create(
         reads: reads_rx,
         peer_messages: peer_rx,
         unreachable: unreachable_rx,
+        transfers: transfers_rx,
         transport,
         apply: parts.apply,
         waiters: parts.waiters,
@@ -285,6 +315,7 @@ pub struct Driver {
     reads: mpsc::Receiver<ReadWaiter>,
     peer_messages: mpsc::Receiver<Message>,
     unreachable: mpsc::Receiver<u64>,
+    transfers: mpsc::Receiver<u64>,
     transport: Transport,
     apply: mpsc::Sender<ApplyBatch>,
     waiters: Arc<Waiters>,
@@ -334,6 +365,7 @@ impl Driver {
                     }
                 }
                 Some(peer) = self.unreachable.recv() => self.raw.report_unreachable(peer),
+                Some(target) = self.transfers.recv() => self.raw.transfer_leader(target),
                 _ = shutdown.changed() => return Ok(()),
             }
             self.on_ready().await?;
