@@ -154,8 +154,9 @@ mod tests {
 
     #[test]
     fn compact_keeps_what_later_reads_see() {
-        // (compact at, revisions kept for the store, reads that must still work)
-        let cases: &[(i64, &[i64], &[(i64, Option<i64>)])] = &[
+        // (compact at, revisions kept, (read at, visible revision))
+        type Case<'a> = (i64, &'a [i64], &'a [(i64, Option<i64>)]);
+        let cases: &[Case<'_>] = &[
             (
                 2,
                 &[2],

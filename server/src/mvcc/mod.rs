@@ -51,6 +51,9 @@ const KIND_TOMBSTONE: u8 = 1;
 /// The first revision of an empty store (etcd starts at 1; the first write is revision 2).
 const INITIAL_REVISION: i64 = 1;
 
+/// Start and end bound of a key interval.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// A key interval as etcd encodes it: empty `end` = the key alone; `end == [0]` = every key >= `key`.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyRange<'a> {
@@ -63,7 +66,7 @@ impl<'a> KeyRange<'a> {
         KeyRange { key, end }
     }
 
-    fn bounds(&self) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+    fn bounds(&self) -> Option<KeyBounds<'a>> {
         if self.end.is_empty() {
             return Some((Bound::Included(self.key), Bound::Included(self.key)));
         }

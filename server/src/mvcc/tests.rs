@@ -128,7 +128,8 @@ fn range_bounds_limit_and_count() {
     }
     let all = RangeOptions::default();
     // (key, end, limit, keys, count)
-    let cases: &[(&str, &[u8], usize, &[&str], usize)] = &[
+    type Case<'a> = (&'a str, &'a [u8], usize, &'a [&'a str], usize);
+    let cases: &[Case<'_>] = &[
         ("b", b"", 0, &["b"], 1),
         ("b", b"d", 0, &["b", "c"], 2),
         ("b", b"\0", 0, &["b", "c", "d"], 3),

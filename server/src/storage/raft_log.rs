@@ -374,11 +374,12 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = bytes::Bytes::from(format!("e{index}"));
-        e
+        Entry {
+            index,
+            term,
+            data: bytes::Bytes::from(format!("e{index}")),
+            ..Default::default()
+        }
     }
 
     fn open_log(dir: &std::path::Path) -> RaftLog {
@@ -391,9 +392,11 @@ mod tests {
         let log = open_log(dir.path());
         assert_eq!((log.first_index(), log.last_index()), (1, 0));
         let ents: Vec<_> = (1..=5).map(|i| entry(i, 1)).collect();
-        let mut hs = HardState::default();
-        hs.term = 1;
-        hs.commit = 3;
+        let hs = HardState {
+            term: 1,
+            commit: 3,
+            ..Default::default()
+        };
         log.append(&ents, Some(&hs)).unwrap();
         // A new leader overwrites 4..: the old 4 and 5 are gone.
         log.append(&[entry(4, 2)], None).unwrap();
