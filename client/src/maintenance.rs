@@ -1,8 +1,11 @@
 //! Maintenance calls. `status` asks one member about itself (leader, raft indexes, db size); with
-//! no endpoint named it fails over like any read. Never changes cluster state.
+//! no endpoint named it fails over like any read. `move_leader` is the only call that changes
+//! cluster state: it finds the leader among the endpoints and asks it to hand over.
 
 use conclave_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use conclave_proto::etcdserverpb::{StatusRequest, StatusResponse};
+use conclave_proto::etcdserverpb::{
+    MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
+};
 
 use crate::client::{Client, Retry};
 use crate::error::Error;
@@ -37,5 +40,34 @@ impl Maintenance {
                 MaintenanceClient::new(channel).status(request).await
             })
             .await
+    }
+
+    /// Transfers leadership to member `target_id`. The request must reach the current leader, so
+    /// each endpoint is asked for its status first; the first one that leads gets the request.
+    pub async fn move_leader(&self, target_id: u64) -> Result<MoveLeaderResponse, Error> {
+        let endpoints = self.client.endpoints();
+        let mut last = Error::Status(tonic::Status::failed_precondition(format!(
+            "no leader among the endpoints {endpoints:?}"
+        )));
+        for endpoint in endpoints {
+            match self.status_on(&endpoint).await {
+                Ok(s) if s.header.as_ref().is_some_and(|h| h.member_id == s.leader) => {
+                    return self
+                        .client
+                        .call_on(
+                            &endpoint,
+                            Retry::OnlyIfNotSent,
+                            MoveLeaderRequest { target_id },
+                            |channel, request| async move {
+                                MaintenanceClient::new(channel).move_leader(request).await
+                            },
+                        )
+                        .await;
+                }
+                Ok(_) => {}
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 }

@@ -123,7 +123,11 @@ fn bad(flag: &str, value: &str, why: impl std::fmt::Display) -> ConfigError {
 
 /// Parses the process's arguments (and the --config file, if any).
 pub fn from_args() -> Result<Flags, ConfigError> {
-    let matches = Flags::command().get_matches();
+    let matches = match Flags::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => return Err(one_line(&e)),
+    };
     let mut flags = Flags::from_arg_matches(&matches).map_err(|e| ConfigError(e.to_string()))?;
     if let Some(path) = flags.config.clone() {
         let text = std::fs::read_to_string(&path)
@@ -138,6 +142,14 @@ pub fn from_args() -> Result<Flags, ConfigError> {
         flags = merge(flags, file, &matches);
     }
     Ok(flags)
+}
+
+/// clap's first line ("unexpected argument '--x' found", "invalid value 'y' for '--z …'"),
+/// without its usage and tips: an operator sees one line that names the flag.
+fn one_line(e: &clap::Error) -> ConfigError {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    ConfigError(first.trim_start_matches("error: ").to_string())
 }
 
 /// Takes each value from `file` unless it was given on the command line.
@@ -381,6 +393,19 @@ mod tests {
             let err = flags(args).validate().unwrap_err().to_string();
             assert!(err.contains(flag), "{args:?}: {err}");
             assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        for args in [
+            &["conclave", "--no-such-flag"][..],
+            &["conclave", "--heartbeat-interval", "x"],
+        ] {
+            let e = Flags::command().try_get_matches_from(args).unwrap_err();
+            let msg = one_line(&e).to_string();
+            assert!(msg.contains("--"), "{msg}");
+            assert!(!msg.contains('\n') && !msg.starts_with("error"), "{msg}");
         }
     }
 
