@@ -138,8 +138,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     std::thread::Builder::new()
         .name("apply".into())
         .spawn(move || {
-            if let Err(e) = applier.run(apply_rx) {
-                let _ = apply_fatal.blocking_send(format!("apply: {e}"));
+            if let Err(why) = catch_panic(|| applier.run(apply_rx).map_err(|e| e.to_string())) {
+                let _ = apply_fatal.blocking_send(format!("apply: {why}"));
             }
         })
         .map_err(|e| RunError::Startup(format!("cannot start the apply thread: {e}")))?;
@@ -240,7 +240,7 @@ fn spawn_raft_thread(
                 .enable_all()
                 .build();
             let outcome = match runtime {
-                Ok(rt) => rt.block_on(driver.run(stop)).map_err(|e| e.to_string()),
+                Ok(rt) => catch_panic(|| rt.block_on(driver.run(stop)).map_err(|e| e.to_string())),
                 Err(e) => Err(format!("cannot start the raft runtime: {e}")),
             };
             if let Err(why) = outcome {
@@ -249,6 +249,19 @@ fn spawn_raft_thread(
         })
         .map_err(|e| RunError::Startup(format!("cannot start the raft thread: {e}")))?;
     Ok(())
+}
+
+/// Runs `f`, turning a panic into an error: a panicking raft or apply thread must stop the
+/// member, never leave it running without them.
+fn catch_panic(f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(outcome) => outcome,
+        Err(panic) => Err(panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".to_string())),
+    }
 }
 
 /// Announces this member's name and client URLs through raft until the member table has them.

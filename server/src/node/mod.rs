@@ -405,15 +405,17 @@ impl Driver {
         }
         let committed = ready.take_committed_entries();
         self.log.append(ready.entries(), ready.hs())?;
+        // Nothing may be stepped into raft between `ready()` and `advance_append()` (raft-rs
+        // panics if a follower has new messages after advance): rounds to start wait until then.
         let now = Instant::now();
-        for rs in ready.take_read_states() {
-            if let Some(ctx) = self
-                .reads_batch
-                .on_read_state(&rs.request_ctx, rs.index, now)
-            {
-                self.raw.read_index(ctx);
-            }
-        }
+        let next_rounds: Vec<Vec<u8>> = ready
+            .take_read_states()
+            .into_iter()
+            .filter_map(|rs| {
+                self.reads_batch
+                    .on_read_state(&rs.request_ctx, rs.index, now)
+            })
+            .collect();
         self.hand_to_apply(committed).await?;
         self.transport.send(ready.take_persisted_messages());
         let mut light = self.raw.advance_append(ready);
@@ -423,6 +425,9 @@ impl Driver {
         self.transport.send(light.take_messages());
         self.hand_to_apply(light.take_committed_entries()).await?;
         self.raw.advance_apply();
+        for ctx in next_rounds {
+            self.raw.read_index(ctx);
+        }
         self.publish_status();
         Ok(())
     }

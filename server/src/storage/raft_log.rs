@@ -2,8 +2,8 @@
 //!
 //! Contract (raft-rs): if a method here fails, the raft instance is inoperable and the member stops.
 //! Writes (`append`, `set_commit`, `truncate_prefix`) are called only by the raft task; reads come from
-//! raft-rs on the same task. Entries are made durable (`Durability::Immediate`) before `append`
-//! returns, so the raft task may send the messages that depend on them afterwards.
+//! raft-rs on the same task. Entries, term and vote are made durable (`Durability::Immediate`) before
+//! `append` returns, so the raft task may send the messages that depend on them afterwards.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -153,14 +153,21 @@ impl RaftLog {
         self.lock().first_index()
     }
 
-    /// Appends `entries` (replacing any conflicting suffix) and stores `hard_state`, durably, in one
-    /// transaction.
+    /// Appends `entries` (replacing any conflicting suffix) and stores `hard_state` in one
+    /// transaction. Durable (fsynced) when it holds entries or a new term or vote; a change of the
+    /// commit index alone is not fsynced, because raft can always learn it again from the leader,
+    /// and the next durable commit persists it anyway.
     pub fn append(&self, entries: &[Entry], hard_state: Option<&HardState>) -> StorageResult<()> {
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }
         let mut inner = self.lock();
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        let vote_or_term_changed = hard_state
+            .is_some_and(|hs| hs.term != inner.hard_state.term || hs.vote != inner.hard_state.vote);
+        if entries.is_empty() && !vote_or_term_changed {
+            txn.set_durability(Durability::None)?;
+        }
         {
             let mut log = txn.open_table(RAFT_LOG)?;
             if let Some(first) = entries.first() {
