@@ -420,7 +420,7 @@ impl Driver {
         self.transport.send(ready.take_persisted_messages());
         let mut light = self.raw.advance_append(ready);
         if let Some(commit) = light.commit_index() {
-            self.log.set_commit(commit)?;
+            self.log.set_commit(commit);
         }
         self.transport.send(light.take_messages());
         self.hand_to_apply(light.take_committed_entries()).await?;

@@ -1,7 +1,7 @@
 //! `raft::Storage` over redb: the raft log, hard state and conf state of one member.
 //!
 //! Contract (raft-rs): if a method here fails, the raft instance is inoperable and the member stops.
-//! Writes (`append`, `set_commit`, `truncate_prefix`) are called only by the raft task; reads come from
+//! Writes (`append`, `truncate_prefix`) are called only by the raft task; reads come from
 //! raft-rs on the same task. Entries, term and vote are made durable (`Durability::Immediate`) before
 //! `append` returns, so the raft task may send the messages that depend on them afterwards.
 
@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::{RAFT_LOG, RAFT_STATE, StorageError, StorageResult};
+use super::{META, META_APPLIED_INDEX, RAFT_LOG, RAFT_STATE, StorageError, StorageResult};
 
 const KEY_HARD_STATE: &str = "hard_state";
 const KEY_CONF_STATE: &str = "conf_state";
@@ -78,10 +78,16 @@ impl RaftLog {
     pub fn open(db: Arc<Database>) -> StorageResult<Self> {
         let txn = db.begin_read()?;
         let state = txn.open_table(RAFT_STATE)?;
-        let hard_state = match state.get(KEY_HARD_STATE)? {
+        let mut hard_state: HardState = match state.get(KEY_HARD_STATE)? {
             Some(v) => decode(v.value())?,
             None => HardState::default(),
         };
+        // The commit index is not written on every change; everything applied was committed.
+        let applied = txn
+            .open_table(META)?
+            .get(META_APPLIED_INDEX)?
+            .map_or(0, |v| v.value());
+        hard_state.commit = hard_state.commit.max(applied);
         let conf_state = match state.get(KEY_CONF_STATE)? {
             Some(v) => decode(v.value())?,
             None => ConfState::default(),
@@ -153,21 +159,21 @@ impl RaftLog {
         self.lock().first_index()
     }
 
-    /// Appends `entries` (replacing any conflicting suffix) and stores `hard_state` in one
-    /// transaction. Durable (fsynced) when it holds entries or a new term or vote; a change of the
-    /// commit index alone is not fsynced, because raft can always learn it again from the leader,
-    /// and the next durable commit persists it anyway.
+    /// Appends `entries` (replacing any conflicting suffix) and stores `hard_state`, durably, in one
+    /// transaction. A hard state whose only change is the commit index is kept in memory and not
+    /// written: raft-rs allows restoring `commit = max(commit, applied)` at start (see `open`), and
+    /// the applied index is stored with the applied data.
     pub fn append(&self, entries: &[Entry], hard_state: Option<&HardState>) -> StorageResult<()> {
-        if entries.is_empty() && hard_state.is_none() {
-            return Ok(());
-        }
         let mut inner = self.lock();
-        let mut txn = self.db.begin_write()?;
         let vote_or_term_changed = hard_state
             .is_some_and(|hs| hs.term != inner.hard_state.term || hs.vote != inner.hard_state.vote);
         if entries.is_empty() && !vote_or_term_changed {
-            txn.set_durability(Durability::None)?;
+            if let Some(hs) = hard_state {
+                inner.hard_state.commit = inner.hard_state.commit.max(hs.commit);
+            }
+            return Ok(());
         }
+        let txn = self.db.begin_write()?;
         {
             let mut log = txn.open_table(RAFT_LOG)?;
             if let Some(first) = entries.first() {
@@ -210,23 +216,10 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Records a new commit index. Not fsynced by itself: the caller writes it before handing the
-    /// newly committed entries to apply, so any durable state that includes their effects includes
-    /// this commit index too (raft-rs requires commit >= applied at restart).
-    pub fn set_commit(&self, commit: u64) -> StorageResult<()> {
+    /// Records a new commit index (in memory only; see `append`).
+    pub fn set_commit(&self, commit: u64) {
         let mut inner = self.lock();
-        let mut hs = inner.hard_state.clone();
-        if hs.commit >= commit {
-            return Ok(());
-        }
-        hs.commit = commit;
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        txn.open_table(RAFT_STATE)?
-            .insert(KEY_HARD_STATE, encode(&hs)?.as_slice())?;
-        txn.commit()?;
-        inner.hard_state = hs;
-        Ok(())
+        inner.hard_state.commit = inner.hard_state.commit.max(commit);
     }
 
     /// Removes entries before `index` (keeping `index` itself). Durable, so it also makes every
@@ -421,6 +414,45 @@ mod tests {
             got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
             vec![(1, 1), (2, 1), (3, 1), (4, 2)]
         );
+    }
+
+    #[test]
+    fn commit_only_changes_are_not_written_and_restore_from_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::open(dir.path()).unwrap();
+        let log = RaftLog::open(db.clone()).unwrap();
+        let hs = HardState {
+            term: 1,
+            commit: 2,
+            ..Default::default()
+        };
+        log.append(&(1..=6).map(|i| entry(i, 1)).collect::<Vec<_>>(), Some(&hs))
+            .unwrap();
+        log.append(
+            &[],
+            Some(&HardState {
+                commit: 5,
+                ..hs.clone()
+            }),
+        )
+        .unwrap();
+        log.set_commit(6);
+        assert_eq!(log.hard_state().commit, 6);
+        // Apply stored index 4 with its data; the commit index on disk is still 2.
+        let txn = db.begin_write().unwrap();
+        txn.open_table(crate::storage::META)
+            .unwrap()
+            .insert(crate::storage::META_APPLIED_INDEX, 4)
+            .unwrap();
+        txn.commit().unwrap();
+        drop(log);
+        let log = RaftLog::open(db).unwrap();
+        assert_eq!(
+            log.hard_state().commit,
+            4,
+            "commit restored as max(stored, applied)"
+        );
+        assert_eq!(log.hard_state().term, 1);
     }
 
     #[test]
