@@ -1,7 +1,5 @@
 //! Txn, compare and range-option semantics, through real redb transactions.
 
-use std::sync::Arc;
-
 use conclave_proto::etcdserverpb::{
     Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
     compare::{CompareResult, CompareTarget, TargetUnion},
@@ -9,39 +7,22 @@ use conclave_proto::etcdserverpb::{
     request_op::Request,
     response_op::Response,
 };
-use redb::Database;
 
 use super::*;
-use crate::mvcc::Store;
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    db: Arc<Database>,
-    store: Store,
+/// The MVCC test store, with etcd-request helpers.
+struct Fixture(crate::mvcc::tests::Fixture);
+
+impl std::ops::Deref for Fixture {
+    type Target = crate::mvcc::tests::Fixture;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Fixture {
     fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::storage::open(dir.path()).unwrap();
-        let store = Store::open(db.clone()).unwrap();
-        Fixture {
-            _dir: dir,
-            db,
-            store,
-        }
-    }
-
-    fn apply<T>(&self, f: impl FnOnce(&mut Writer<'_, '_>) -> KvResult<T>) -> KvResult<T> {
-        let txn = self.db.begin_write().unwrap();
-        let (out, rev) = {
-            let mut w = self.store.writer(&txn).unwrap();
-            let out = f(&mut w);
-            (out, w.finish())
-        };
-        txn.commit().unwrap();
-        self.store.publish(rev);
-        out
+        Fixture(crate::mvcc::tests::Fixture::new())
     }
 
     fn put(&self, k: &str, v: &str) -> PutResponse {

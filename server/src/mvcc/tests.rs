@@ -2,14 +2,15 @@
 
 use super::*;
 
-struct Fixture {
+/// A store in a temporary database (also used by `kv_ops` tests).
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    db: Arc<Database>,
-    store: Store,
+    pub(crate) db: Arc<Database>,
+    pub(crate) store: Store,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    pub(crate) fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::storage::open(dir.path()).unwrap();
         let store = Store::open(db.clone()).unwrap();
@@ -20,17 +21,24 @@ impl Fixture {
         }
     }
 
-    /// Runs one request's changes in their own transaction, then publishes it.
-    fn write(&self, f: impl FnOnce(&mut Writer<'_, '_>)) -> i64 {
+    /// Runs one request's changes in their own transaction, commits, publishes; returns what `f`
+    /// returned.
+    pub(crate) fn apply<T>(&self, f: impl FnOnce(&mut Writer<'_, '_>) -> T) -> T {
         let txn = self.db.begin_write().unwrap();
-        let rev = {
+        let (out, rev) = {
             let mut w = self.store.writer(&txn).unwrap();
-            f(&mut w);
-            w.finish()
+            let out = f(&mut w);
+            (out, w.finish())
         };
         txn.commit().unwrap();
         self.store.publish(rev);
-        rev
+        out
+    }
+
+    /// Like `apply`, returning the store revision after the request.
+    fn write(&self, f: impl FnOnce(&mut Writer<'_, '_>)) -> i64 {
+        self.apply(f);
+        self.store.revision()
     }
 
     fn put(&self, k: &str, v: &str) -> i64 {
