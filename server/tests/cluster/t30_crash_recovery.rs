@@ -153,12 +153,13 @@ async fn restarting_every_member_keeps_data_and_revision() {
 /// was written catches up from the log when it returns. Every member then restarts on its truncated
 /// log with all data.
 ///
-/// Ignored in the default run: it passed alone and in 2 of 3 full parallel runs, but once the returning
-/// follower had not caught up after 60 s. Until that is explained (slowness under 36 debug processes on
-/// two cores, or a catch-up stall), run it with `cargo test -p conclave-server --test cluster --
-/// --ignored`.
+/// Ignored until snapshots exist (issue 6): followers truncate by retention alone, so if leadership
+/// moves during the catch-up (seen under the full parallel suite: an election on a loaded machine)
+/// to the follower that already truncated, the new leader lacks the entries the returning member
+/// needs and can only offer a snapshot, which this version cannot send. Run it with
+/// `cargo test -p conclave-server --test cluster -- --ignored`.
 #[tokio::test]
-#[ignore = "one unexplained 60 s catch-up stall under the full parallel suite; see the doc comment"]
+#[ignore = "needs snapshot transfer (issue 6) when leadership moves to a member that truncated its log"]
 async fn follower_down_past_the_retention_window_catches_up_from_the_log() {
     let c = cluster(3).await;
     let leader = c.leader_index().await.unwrap();
