@@ -47,14 +47,8 @@ enum Command {
     /// Gets KEY, or a range.
     Get {
         key: String,
-        /// End of the range [KEY, END).
-        range_end: Option<String>,
-        /// Every key with KEY as prefix.
-        #[arg(long)]
-        prefix: bool,
-        /// Every key >= KEY.
-        #[arg(long)]
-        from_key: bool,
+        #[command(flatten)]
+        range: RangeArgs,
         /// At most this many keys.
         #[arg(long, default_value_t = 0)]
         limit: i64,
@@ -74,11 +68,8 @@ enum Command {
     /// Deletes KEY, or a range.
     Del {
         key: String,
-        range_end: Option<String>,
-        #[arg(long)]
-        prefix: bool,
-        #[arg(long)]
-        from_key: bool,
+        #[command(flatten)]
+        range: RangeArgs,
         /// Print the deleted key-values.
         #[arg(long)]
         prev_kv: bool,
@@ -101,6 +92,59 @@ enum Command {
     },
     /// Transfers leadership to the member with this hex id.
     MoveLeader { target: String },
+}
+
+/// Which keys a `get` or `del` covers besides KEY itself (etcdctl's arguments).
+#[derive(clap::Args)]
+struct RangeArgs {
+    /// End of the range [KEY, END).
+    range_end: Option<String>,
+    /// Every key with KEY as prefix.
+    #[arg(long)]
+    prefix: bool,
+    /// Every key >= KEY.
+    #[arg(long)]
+    from_key: bool,
+}
+
+/// The option builders that take a key range (GetOptions, DeleteOptions).
+trait RangeOptions: Sized {
+    fn with_range_end(self, end: String) -> Self;
+    fn with_prefix(self) -> Self;
+    fn with_from_key(self) -> Self;
+}
+
+macro_rules! range_options {
+    ($($t:ty),*) => {$(
+        impl RangeOptions for $t {
+            fn with_range_end(self, end: String) -> Self {
+                <$t>::with_range_end(self, end)
+            }
+            fn with_prefix(self) -> Self {
+                <$t>::with_prefix(self)
+            }
+            fn with_from_key(self) -> Self {
+                <$t>::with_from_key(self)
+            }
+        }
+    )*};
+}
+
+range_options!(GetOptions, DeleteOptions);
+
+impl RangeArgs {
+    fn apply<O: RangeOptions>(self, mut opts: O) -> O {
+        if let Some(end) = self.range_end {
+            opts = opts.with_range_end(end);
+        }
+        if self.prefix {
+            opts = opts.with_prefix();
+        }
+        if self.from_key {
+            opts = opts.with_from_key();
+        }
+        opts
+    }
 }
 
 #[derive(Subcommand)]
@@ -179,25 +223,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Get {
             key,
-            range_end,
-            prefix,
-            from_key,
+            range,
             limit,
             rev,
             keys_only,
             print_value_only,
             consistency,
         } => {
-            let mut opts = GetOptions::new().with_limit(limit).with_revision(rev);
-            if let Some(end) = range_end {
-                opts = opts.with_range_end(end);
-            }
-            if prefix {
-                opts = opts.with_prefix();
-            }
-            if from_key {
-                opts = opts.with_from_key();
-            }
+            let mut opts = range.apply(GetOptions::new().with_limit(limit).with_revision(rev));
             if keys_only {
                 opts = opts.with_keys_only();
             }
@@ -223,21 +256,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Del {
             key,
-            range_end,
-            prefix,
-            from_key,
+            range,
             prev_kv,
         } => {
-            let mut opts = DeleteOptions::new();
-            if let Some(end) = range_end {
-                opts = opts.with_range_end(end);
-            }
-            if prefix {
-                opts = opts.with_prefix();
-            }
-            if from_key {
-                opts = opts.with_from_key();
-            }
+            let mut opts = range.apply(DeleteOptions::new());
             if prev_kv {
                 opts = opts.with_prev_kv();
             }

@@ -89,6 +89,8 @@ impl Maintenance for MaintenanceService {
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         let target = req.into_inner().target_id;
+        // etcd's order: "not leader" before "bad leader transferee". The node checks leadership
+        // again when it acts; only this layer knows the member table.
         if !self.ctx.node.status().is_leader {
             return Err(ServerError::NotLeader.into());
         }
