@@ -731,7 +731,7 @@ t_lease() {
     ctl "$EP1" lease list -w json; need_ok "lease list" || return 1
     eq "$(j --arg id "$id" '[.leases[].id | tostring] | index($id) != null')" true "lease in list" || return 1
     ctl "$EP1" lease keep-alive --once "$hex"; need_ok "lease keep-alive --once" || return 1
-    grep -qi "lease $hex keepalived with TTL(60)" "$OUT" || { WHY="keep-alive output: $(head -c 200 "$OUT")"; return 1; }
+    grep -qiE "lease 0*$hex keepalived with TTL\(60\)" "$OUT" || { WHY="keep-alive output: $(head -c 200 "$OUT")"; return 1; }
     ctl "$EP2" lease revoke "$hex" -w json; need_ok "lease revoke" || return 1
     track_rev "lease revoke" || return 1
     ctl "$EP3" get compat/leased -w json; need_ok get || return 1
@@ -765,6 +765,19 @@ t_watch() {
     eq "$(j -s '[.[] | select(.Canceled == true)] | length')" 1 "canceled response" || return 1
     eq "$(j -s '[.[].CompactRevision] | max > 0')" true "CompactRevision set" || return 1
     grep -qF 'required revision has been compacted' "$OUT" "$ERR" || { WHY="no 'required revision has been compacted' in watch output"; return 1; }
+    # live prefix watch on one member while another member takes the writes
+    RC=0
+    ( sleep 1.5
+      etcdctl --endpoints="$EP1" put compat/wp/a 1 >/dev/null
+      etcdctl --endpoints="$EP2" put compat/wpx 2 >/dev/null
+      etcdctl --endpoints="$EP1" del compat/wp/a >/dev/null ) &
+    local writer=$!
+    timeout 5 etcdctl --endpoints="$EP3" watch compat/wp/ --prefix --prev-kv -w json >"$OUT" 2>"$ERR" || RC=$?
+    wait "$writer"
+    [[ $RC -eq 124 ]] || { WHY="prefix watch exited $RC before the timeout: $(errline)"; return 1; }
+    eq "$(j -s '[.[].Events[] | .kv.key | @base64d] | join(",")')" "compat/wp/a,compat/wp/a" "prefix watch keys" || return 1
+    eq "$(j -s '[.[].Events[] | (.type // 0)] | join(",")')" "0,1" "prefix watch types" || return 1
+    eq "$(j -s '[.[].Events[]][1].prev_kv.value | @base64d')" "1" "prev_kv of the delete" || return 1
 }
 
 LEADER_IDX=0

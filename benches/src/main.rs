@@ -7,6 +7,7 @@
 mod keys;
 mod report;
 mod run;
+mod watch_lease;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -111,6 +112,20 @@ pub enum Cmd {
         #[arg(long, default_value_t = 1)]
         txn_ops: u64,
     },
+    /// Watch fan-out: put-to-event latency over many watchers (`--total` writes at `--rate`).
+    WatchLatency {
+        /// Number of watches, all on the same prefix.
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        /// Number of watch streams carrying them.
+        #[arg(long, default_value_t = 10)]
+        streams: usize,
+        /// Server process ids on this machine: report their memory per watcher.
+        #[arg(long, value_delimiter = ',')]
+        rss_pids: Vec<u32>,
+    },
+    /// Lease keep-alive throughput: one lease and one keep-alive stream per client.
+    LeaseKeepalive,
 }
 
 /// Parses `10s`, `250ms`, `2m`, `1.5s` or a bare number of seconds.

@@ -102,6 +102,9 @@ pub struct Summary {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub p99_9_ms: f64,
+    /// Server memory per watcher (watch-latency with --rss-pids).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_per_watcher: Option<u64>,
 }
 
 fn ns_to_ms(ns: f64) -> f64 {
@@ -161,6 +164,7 @@ pub fn summarize(info: RunInfo, stats: &Stats) -> Summary {
         p95_ms: q(95.0),
         p99_ms: q(99.0),
         p99_9_ms: q(99.9),
+        bytes_per_watcher: None,
     }
 }
 
@@ -217,6 +221,9 @@ pub fn render_text(s: &Summary, stats: &Stats) -> String {
     let _ = writeln!(out, "  Average:\t{} secs.", fmt_secs(s.mean_ms));
     let _ = writeln!(out, "  Stddev:\t{} secs.", fmt_secs(s.stddev_ms));
     let _ = writeln!(out, "  Requests/sec:\t{:.4}", s.rps);
+    if let Some(b) = s.bytes_per_watcher {
+        let _ = writeln!(out, "  Server memory per watcher:\t{b} bytes");
+    }
 
     let h = &stats.hist;
     if !h.is_empty() {

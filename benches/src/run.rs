@@ -134,6 +134,7 @@ impl Workload {
                 }
                 Op::TxnPut { ops: *txn_ops }
             }
+            Cmd::WatchLatency { .. } | Cmd::LeaseKeepalive => bail!("not a key-value benchmark"),
         };
         if !matches!(op, Op::Range { .. } | Op::Put { fixed_key: Some(_) }) {
             check_key_space(g.key_size, g.key_space_size).map_err(anyhow::Error::msg)?;
@@ -261,6 +262,8 @@ fn op_name(cmd: &Cmd, c: Consistency) -> String {
         (Cmd::Range { .. }, Consistency::L) => "range-l".into(),
         (Cmd::Range { .. }, Consistency::S) => "range-s".into(),
         (Cmd::TxnPut { .. }, _) => "txn-put".into(),
+        (Cmd::WatchLatency { .. }, _) => "watch-latency".into(),
+        (Cmd::LeaseKeepalive, _) => "lease-keepalive".into(),
     }
 }
 
@@ -272,7 +275,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     if g.conns == 0 || g.clients == 0 || g.total == 0 {
         bail!("--conns, --clients and --total must be at least 1");
     }
-    let workload = Workload::new(&g, &cli.cmd)?;
 
     let endpoints: Vec<String> = if g.target_leader {
         vec![find_leader(&g).await?]
@@ -289,6 +291,64 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         channels.push(dial(&endpoints[round_robin(i, endpoints.len())], &g).await?);
     }
 
+    let (stats, elapsed, requests, extra) = match &cli.cmd {
+        Cmd::WatchLatency {
+            watchers,
+            streams,
+            rss_pids,
+        } => {
+            let r = crate::watch_lease::watch_latency(
+                &channels, *watchers, *streams, g.total, g.rate, rss_pids,
+            )
+            .await?;
+            let requests = r.stats.ok;
+            (r.stats, r.elapsed, requests, r.bytes_per_watcher)
+        }
+        Cmd::LeaseKeepalive => {
+            let (stats, elapsed) =
+                crate::watch_lease::lease_keepalive(&channels, g.clients, g.total, g.timeout)
+                    .await?;
+            (stats, elapsed, g.total, None)
+        }
+        _ => {
+            let workload = Workload::new(&g, &cli.cmd)?;
+            let (stats, elapsed) = kv_load(&g, workload, &channels).await?;
+            (stats, elapsed, g.total, None)
+        }
+    };
+
+    let mut summary = summarize(
+        RunInfo {
+            op: op_name(&cli.cmd, g.consistency),
+            endpoints,
+            conns: g.conns,
+            clients: g.clients,
+            requests,
+            elapsed,
+        },
+        &stats,
+    );
+    summary.bytes_per_watcher = extra;
+    let text = render_text(&summary, &stats);
+    if g.json {
+        eprint!("{text}");
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print!("{text}");
+    }
+    Ok(if summary.errors == 0 {
+        Outcome::AllOk
+    } else {
+        Outcome::SomeFailed
+    })
+}
+
+/// The KV benchmarks: `--clients` request loops over the connections.
+async fn kv_load(
+    g: &Global,
+    workload: Workload,
+    channels: &[Channel],
+) -> anyhow::Result<(Stats, Duration)> {
     let start = Instant::now();
     let shared = Arc::new(Shared {
         workload,
@@ -315,31 +375,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     for t in tasks {
         stats.merge(t.await.context("client task failed")??)?;
     }
-    let elapsed = start.elapsed();
-
-    let summary = summarize(
-        RunInfo {
-            op: op_name(&cli.cmd, g.consistency),
-            endpoints,
-            conns: g.conns,
-            clients: g.clients,
-            requests: g.total,
-            elapsed,
-        },
-        &stats,
-    );
-    let text = render_text(&summary, &stats);
-    if g.json {
-        eprint!("{text}");
-        println!("{}", serde_json::to_string(&summary)?);
-    } else {
-        print!("{text}");
-    }
-    Ok(if summary.errors == 0 {
-        Outcome::AllOk
-    } else {
-        Outcome::SomeFailed
-    })
+    Ok((stats, start.elapsed()))
 }
 
 #[cfg(test)]

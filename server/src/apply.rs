@@ -12,8 +12,10 @@ use std::sync::Arc;
 
 use conclave_proto::conclave::internal::v1::{RaftCommand, raft_command::Op};
 use conclave_proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, PutResponse, TxnResponse,
+    CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
+    ResponseHeader, TxnResponse,
 };
+use conclave_proto::mvccpb::Event;
 use prost::Message as _;
 use raft::prelude::{Entry, EntryType};
 use redb::{Database, Durability, WriteTransaction};
@@ -21,10 +23,12 @@ use tokio::sync::{mpsc, watch};
 
 use crate::error::ServerError;
 use crate::kv_ops::{self, KvError};
+use crate::lease::Lessor;
 use crate::membership::Membership;
-use crate::mvcc::Store;
+use crate::mvcc::{KeyRange, Store};
 use crate::node::proposal::Waiters;
 use crate::storage::{META, META_APPLIED_INDEX, StorageError, StorageResult};
+use crate::watch::WatchHub;
 
 /// What an applied command produced, for the member that proposed it.
 #[derive(Debug, Clone)]
@@ -33,7 +37,10 @@ pub enum ApplyOutput {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
-    Published,
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    /// Checkpoints and member attributes: nothing to report.
+    Done,
 }
 
 /// Result delivered to a waiter: the response, or why the command changed nothing.
@@ -48,6 +55,8 @@ pub struct ApplyBatch {
 pub struct Applier {
     pub db: Arc<Database>,
     pub store: Arc<Store>,
+    pub lessor: Arc<Lessor>,
+    pub hub: Arc<WatchHub>,
     pub membership: Arc<Membership>,
     pub waiters: Arc<Waiters>,
     pub applied: watch::Sender<u64>,
@@ -72,6 +81,7 @@ impl Applier {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
         let mut results = Vec::new();
+        let mut changes: Vec<(i64, Vec<Event>)> = Vec::new();
         for entry in entries {
             if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
                 // Leader no-ops; configuration changes are the raft task's business.
@@ -81,14 +91,15 @@ impl Applier {
                 table: "raft_log",
                 detail: format!("entry {} is not a command: {e}", entry.index),
             })?;
-            let outcome = self.apply_command(&txn, &cmd)?;
+            let outcome = self.apply_command(&txn, &cmd, &mut changes)?;
             if cmd.origin == self.member_id {
                 results.push((cmd.request_id, outcome));
             }
         }
         txn.open_table(META)?.insert(META_APPLIED_INDEX, last)?;
         txn.commit()?;
-        self.store.publish(self.store.written_revision());
+        self.hub
+            .publish(&self.store, self.store.written_revision(), &changes);
         self.applied.send_replace(last);
         for (id, outcome) in results {
             self.waiters.fire(id, outcome);
@@ -100,29 +111,75 @@ impl Applier {
         &self,
         txn: &WriteTransaction,
         cmd: &RaftCommand,
+        changes: &mut Vec<(i64, Vec<Event>)>,
     ) -> StorageResult<ApplyOutcome> {
         let Some(op) = &cmd.op else {
             return Ok(Err(ServerError::NotCapable));
         };
-        if let Op::Publish(p) = op {
-            self.membership.apply_publish(txn, p)?;
-            return Ok(Ok(ApplyOutput::Published));
+        match op {
+            Op::Publish(p) => {
+                self.membership.apply_publish(txn, p)?;
+                return Ok(Ok(ApplyOutput::Done));
+            }
+            Op::LeaseGrant(r) => {
+                let now = tokio::time::Instant::now();
+                return Ok(self.lessor.grant(txn, r.id, r.ttl, now)?.map(|ttl| {
+                    ApplyOutput::LeaseGrant(LeaseGrantResponse {
+                        header: header(self.store.written_revision()),
+                        id: r.id,
+                        ttl,
+                        error: String::new(),
+                    })
+                }));
+            }
+            Op::LeaseCheckpoint(r) => {
+                self.lessor.checkpoint(txn, &r.checkpoints)?;
+                return Ok(Ok(ApplyOutput::Done));
+            }
+            _ => {}
         }
         let mut w = self.store.writer(txn).map_err(mvcc_storage)?;
         let result = match op {
-            Op::Put(r) => kv_ops::put(&mut w, r).map(ApplyOutput::Put),
+            Op::Put(r) => kv_ops::put(&mut w, &self.lessor, r).map(ApplyOutput::Put),
             Op::DeleteRange(r) => kv_ops::delete_range(&mut w, r).map(ApplyOutput::DeleteRange),
-            Op::Txn(r) => kv_ops::txn(&mut w, r).map(ApplyOutput::Txn),
+            Op::Txn(r) => kv_ops::txn(&mut w, &self.lessor, r).map(ApplyOutput::Txn),
             Op::Compaction(r) => kv_ops::compaction(&mut w, r).map(ApplyOutput::Compaction),
-            Op::Publish(_) => Ok(ApplyOutput::Published),
+            Op::LeaseRevoke(r) => match self.lessor.revoke(txn, r.id)? {
+                Ok(keys) => revoke_keys(&mut w, &keys).map(|()| {
+                    ApplyOutput::LeaseRevoke(LeaseRevokeResponse {
+                        header: header(w.revision()),
+                    })
+                }),
+                Err(e) => Err(KvError::Rejected(e)),
+            },
+            Op::Publish(_) | Op::LeaseGrant(_) | Op::LeaseCheckpoint(_) => Ok(ApplyOutput::Done),
         };
-        w.finish();
+        let done = w.finish();
+        if !done.events.is_empty() {
+            self.lessor.on_events(&done.events);
+            changes.push((done.revision, done.events));
+        }
         match result {
             Ok(out) => Ok(Ok(out)),
             Err(KvError::Rejected(e)) => Ok(Err(e)),
             Err(KvError::Storage(e)) => Err(e),
         }
     }
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+/// Deletes a revoked lease's keys, all in one revision.
+fn revoke_keys(w: &mut crate::mvcc::Writer<'_, '_>, keys: &[Vec<u8>]) -> Result<(), KvError> {
+    for key in keys {
+        w.delete_range(KeyRange::new(key, b""))?;
+    }
+    Ok(())
 }
 
 fn mvcc_storage(e: crate::mvcc::MvccError) -> StorageError {

@@ -75,6 +75,16 @@ pub struct Flags {
     /// Most operations in one Txn branch.
     #[arg(long, default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Interval of watch progress notifications (`progress_notify` watches), e.g. 10m, 30s, 500ms.
+    #[arg(long, default_value = "10m")]
+    pub experimental_watch_progress_notify_interval: String,
+    /// A lease's remaining TTL is checkpointed through raft once it drifted this far from the
+    /// stored one (bounds how much leader changes can extend a lease).
+    #[arg(long, default_value = "5s")]
+    pub experimental_lease_checkpoint_interval: String,
+    /// A watch stream whose client reads nothing for this long is ended with an error.
+    #[arg(long, default_value = "30s")]
+    pub watch_slow_consumer_timeout: String,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -102,6 +112,9 @@ pub struct Settings {
     pub quota_backend_bytes: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    pub watch_progress_notify_interval: Duration,
+    pub lease_checkpoint_interval: Duration,
+    pub watch_slow_consumer_timeout: Duration,
     pub log_level: String,
 }
 
@@ -178,6 +191,9 @@ fn merge(cli: Flags, file: Flags, m: &ArgMatches) -> Flags {
         quota_backend_bytes,
         max_request_bytes,
         max_txn_ops,
+        experimental_watch_progress_notify_interval,
+        experimental_lease_checkpoint_interval,
+        watch_slow_consumer_timeout,
         log_level
     )
 }
@@ -307,9 +323,46 @@ impl Flags {
             quota_backend_bytes: self.quota_backend_bytes,
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
+            watch_progress_notify_interval: parse_duration(
+                "experimental-watch-progress-notify-interval",
+                &self.experimental_watch_progress_notify_interval,
+            )?,
+            lease_checkpoint_interval: parse_duration(
+                "experimental-lease-checkpoint-interval",
+                &self.experimental_lease_checkpoint_interval,
+            )?,
+            watch_slow_consumer_timeout: parse_duration(
+                "watch-slow-consumer-timeout",
+                &self.watch_slow_consumer_timeout,
+            )?,
             log_level: self.log_level.clone(),
         })
     }
+}
+
+/// A positive duration written as a number and a unit: `500ms`, `30s`, `10m`, `1h`.
+fn parse_duration(flag: &str, text: &str) -> Result<Duration, ConfigError> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| {
+        bad(
+            flag,
+            text,
+            "must be a number with a unit (ms, s, m, h), e.g. 30s",
+        )
+    })?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(bad(flag, text, "unit must be ms, s, m or h (e.g. 30s)")),
+    };
+    if d.is_zero() {
+        return Err(bad(flag, text, "must be positive"));
+    }
+    Ok(d)
 }
 
 fn parse_initial_cluster(text: &str) -> Result<Vec<InitialMember>, ConfigError> {
@@ -353,6 +406,22 @@ mod tests {
         assert_eq!(s.election_ticks, 10);
         assert_eq!(s.max_request_bytes, 1_572_864);
         assert_eq!(s.max_txn_ops, 128);
+        assert_eq!(s.watch_progress_notify_interval, Duration::from_secs(600));
+        assert_eq!(s.lease_checkpoint_interval, Duration::from_secs(5));
+        assert_eq!(s.watch_slow_consumer_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(
+            parse_duration("x", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse_duration("x", "2h").unwrap(),
+            Duration::from_secs(7200)
+        );
+        assert!(parse_duration("x", "5 minutes").is_err());
     }
 
     #[test]
@@ -388,6 +457,14 @@ mod tests {
             (&["--initial-cluster", "garbage"], "--initial-cluster"),
             (&["--election-timeout", "200"], "--election-timeout"),
             (&["--max-txn-ops", "0"], "--max-txn-ops"),
+            (
+                &["--watch-slow-consumer-timeout", "10"],
+                "--watch-slow-consumer-timeout",
+            ),
+            (
+                &["--experimental-lease-checkpoint-interval", "0s"],
+                "--experimental-lease-checkpoint-interval",
+            ),
         ];
         for (args, flag) in cases {
             let err = flags(args).validate().unwrap_err().to_string();

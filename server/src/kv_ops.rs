@@ -13,6 +13,7 @@ use conclave_proto::etcdserverpb::{
 use conclave_proto::mvccpb::KeyValue;
 
 use crate::error::ServerError;
+use crate::lease::Lessor;
 use crate::mvcc::{KeyRange, MvccError, RangeOptions, RangeResult, Store, Writer};
 use crate::storage::StorageError;
 
@@ -138,7 +139,7 @@ pub fn range(reader: &impl Reader, req: &RangeRequest) -> KvResult<RangeResponse
 }
 
 /// Applies a Put.
-pub fn put(w: &mut Writer<'_, '_>, req: &PutRequest) -> KvResult<PutResponse> {
+pub fn put(w: &mut Writer<'_, '_>, leases: &Lessor, req: &PutRequest) -> KvResult<PutResponse> {
     let prev = w.get(&req.key)?;
     let mut value = req.value.clone();
     let mut lease = req.lease;
@@ -153,7 +154,7 @@ pub fn put(w: &mut Writer<'_, '_>, req: &PutRequest) -> KvResult<PutResponse> {
             lease = p.lease;
         }
     }
-    check_lease(lease)?;
+    check_lease(leases, lease)?;
     w.put(&req.key, value, lease)?;
     Ok(PutResponse {
         header: header(w.revision()),
@@ -161,10 +162,9 @@ pub fn put(w: &mut Writer<'_, '_>, req: &PutRequest) -> KvResult<PutResponse> {
     })
 }
 
-/// Leases come with the lease service; until a lessor exists no lease id can be valid, which is
-/// exactly etcd's answer for an id it does not know.
-fn check_lease(lease: i64) -> KvResult<()> {
-    if lease != 0 {
+/// A key may only be attached to a lease that exists (0 = no lease).
+fn check_lease(leases: &Lessor, lease: i64) -> KvResult<()> {
+    if lease != 0 && !leases.exists(lease) {
         return Err(ServerError::LeaseNotFound.into());
     }
     Ok(())
@@ -194,11 +194,11 @@ pub fn compaction(w: &mut Writer<'_, '_>, req: &CompactionRequest) -> KvResult<C
 /// Applies a Txn: all compares (nested ones included) are evaluated against the state before the
 /// txn writes anything, the chosen ops are checked, and only then executed — a refused txn changes
 /// nothing.
-pub fn txn(w: &mut Writer<'_, '_>, req: &TxnRequest) -> KvResult<TxnResponse> {
+pub fn txn(w: &mut Writer<'_, '_>, leases: &Lessor, req: &TxnRequest) -> KvResult<TxnResponse> {
     let mut path = Vec::new();
     choose_branches(w, req, &mut path)?;
-    check_path(w, req, &path, &mut 0)?;
-    execute(w, req, &path, &mut 0)
+    check_path(w, leases, req, &path, &mut 0)?;
+    execute(w, leases, req, &path, &mut 0)
 }
 
 /// Evaluates a Txn's compares (and, depth first, those of the nested txns on the chosen branch).
@@ -227,7 +227,13 @@ fn branch(req: &TxnRequest, succeeded: bool) -> &[RequestOp] {
     }
 }
 
-fn check_path(w: &Writer<'_, '_>, req: &TxnRequest, path: &[bool], at: &mut usize) -> KvResult<()> {
+fn check_path(
+    w: &Writer<'_, '_>,
+    leases: &Lessor,
+    req: &TxnRequest,
+    path: &[bool],
+    at: &mut usize,
+) -> KvResult<()> {
     let succeeded = path.get(*at).copied().unwrap_or(false);
     *at += 1;
     for op in branch(req, succeeded) {
@@ -236,11 +242,11 @@ fn check_path(w: &Writer<'_, '_>, req: &TxnRequest, path: &[bool], at: &mut usiz
                 if p.ignore_value || p.ignore_lease {
                     match w.get(&p.key)? {
                         None => return Err(ServerError::KeyNotFound.into()),
-                        Some(prev) if p.ignore_lease => check_lease(prev.lease)?,
-                        Some(_) => check_lease(p.lease)?,
+                        Some(prev) if p.ignore_lease => check_lease(leases, prev.lease)?,
+                        Some(_) => check_lease(leases, p.lease)?,
                     }
                 } else {
-                    check_lease(p.lease)?;
+                    check_lease(leases, p.lease)?;
                 }
             }
             Some(request_op::Request::RequestRange(r)) if r.revision > 0 => {
@@ -251,7 +257,7 @@ fn check_path(w: &Writer<'_, '_>, req: &TxnRequest, path: &[bool], at: &mut usiz
                     return Err(ServerError::Compacted.into());
                 }
             }
-            Some(request_op::Request::RequestTxn(t)) => check_path(w, t, path, at)?,
+            Some(request_op::Request::RequestTxn(t)) => check_path(w, leases, t, path, at)?,
             _ => {}
         }
     }
@@ -260,6 +266,7 @@ fn check_path(w: &Writer<'_, '_>, req: &TxnRequest, path: &[bool], at: &mut usiz
 
 fn execute(
     w: &mut Writer<'_, '_>,
+    leases: &Lessor,
     req: &TxnRequest,
     path: &[bool],
     at: &mut usize,
@@ -273,13 +280,13 @@ fn execute(
                 response_op::Response::ResponseRange(range(&*w, r)?)
             }
             Some(request_op::Request::RequestPut(p)) => {
-                response_op::Response::ResponsePut(put(w, p)?)
+                response_op::Response::ResponsePut(put(w, leases, p)?)
             }
             Some(request_op::Request::RequestDeleteRange(d)) => {
                 response_op::Response::ResponseDeleteRange(delete_range(w, d)?)
             }
             Some(request_op::Request::RequestTxn(t)) => {
-                response_op::Response::ResponseTxn(execute(w, t, path, at)?)
+                response_op::Response::ResponseTxn(execute(w, leases, t, path, at)?)
             }
             None => continue,
         };

@@ -9,27 +9,35 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conclave_proto::conclave::internal::v1::{PublishMember, raft_command::Op};
+use conclave_proto::conclave::peer::v1::lease_forward_server::LeaseForwardServer;
 use conclave_proto::conclave::peer::v1::raft_transport_server::RaftTransportServer;
+use conclave_proto::etcdserverpb::ResponseHeader;
 use conclave_proto::etcdserverpb::cluster_server::ClusterServer;
 use conclave_proto::etcdserverpb::kv_server::KvServer;
+use conclave_proto::etcdserverpb::lease_server::LeaseServer;
 use conclave_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use conclave_proto::etcdserverpb::watch_server::WatchServer;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::cluster::ClusterService;
 use crate::api::kv::KvService;
+use crate::api::lease::{LeaseForwardService, LeaseService, PeerChannels};
 use crate::api::maintenance::MaintenanceService;
 use crate::api::peer::PeerService;
+use crate::api::watch::WatchService;
 use crate::api::{Context, Limits};
 use crate::apply::Applier;
 use crate::config::{ClusterState, Settings};
+use crate::lease::{self, Lessor, duties};
 use crate::membership::{BootstrapError, Membership};
 use crate::mvcc::{MvccError, Store};
 use crate::node::proposal::Waiters;
 use crate::node::{self, Node, NodeError, NodeParts, RaftTiming};
 use crate::storage::raft_log::RaftLog;
 use crate::storage::{self, META_APPLIED_INDEX, StorageError};
+use crate::watch::{HubSettings, WatchHub, catch_up};
 
 /// gRPC framing overhead allowed on top of --max-request-bytes (etcd allows the same).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -88,6 +96,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         elapsed_ms = started.elapsed().as_millis() as u64,
         "rebuilt key index"
     );
+    let election_timeout = settings.heartbeat * settings.election_ticks as u32;
+    let lessor = Arc::new(Lessor::open(&db, &store, lease::min_ttl(election_timeout))?);
     let applied_index = storage::read_meta(&db, META_APPLIED_INDEX)?;
     let members = membership.list();
     let voters: Vec<u64> = members
@@ -123,12 +133,35 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         &tokio::runtime::Handle::current(),
     )?;
 
+    let header_node = node.clone();
+    let header_store = store.clone();
+    let hub = Arc::new(WatchHub::new(
+        store.revision(),
+        Box::new(move |revision| ResponseHeader {
+            cluster_id: header_node.cluster_id,
+            member_id: header_node.member_id,
+            revision: if revision > 0 {
+                revision
+            } else {
+                header_store.revision()
+            },
+            raft_term: header_node.status().term,
+        }),
+        HubSettings {
+            max_response_bytes: settings.max_request_bytes,
+            progress_interval: settings.watch_progress_notify_interval,
+            slow_stream_timeout: settings.watch_slow_consumer_timeout,
+        },
+    ));
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(4);
     spawn_raft_thread(driver, stop_rx.clone(), fatal_tx.clone())?;
     let applier = Applier {
         db: db.clone(),
         store: store.clone(),
+        lessor: lessor.clone(),
+        hub: hub.clone(),
         membership: membership.clone(),
         waiters,
         applied: applied_tx,
@@ -144,16 +177,31 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         })
         .map_err(|e| RunError::Startup(format!("cannot start the apply thread: {e}")))?;
 
+    tokio::spawn(catch_up::run(hub.clone(), store.clone(), stop_rx.clone()));
+    tokio::spawn(duties::run(
+        lessor.clone(),
+        node.clone(),
+        duties::DutySettings {
+            extend: election_timeout,
+            checkpoint_interval: settings.lease_checkpoint_interval,
+            max_request_bytes: settings.max_request_bytes,
+        },
+        stop_rx.clone(),
+    ));
     let ctx = Arc::new(Context {
         node: node.clone(),
         store,
+        lessor,
+        hub: hub.clone(),
         membership: membership.clone(),
         limits: Limits {
             max_request_bytes: settings.max_request_bytes,
             max_txn_ops: settings.max_txn_ops,
         },
         data_dir: settings.data_dir.clone(),
+        request_timeout: settings.request_timeout(),
     });
+    let peer_channels = Arc::new(PeerChannels::default());
     let mut servers = Vec::new();
     for addr in &settings.listen_client {
         let listener = bind(*addr).await?;
@@ -167,7 +215,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             )
             .add_service(
                 ClusterServer::new(ClusterService::new(ctx.clone())).max_decoding_message_size(max),
-            );
+            )
+            .add_service(WatchServer::new(WatchService::new(hub.clone())))
+            .add_service(LeaseServer::new(LeaseService::new(
+                ctx.clone(),
+                peer_channels.clone(),
+            )));
         let stop = stopped(stop_rx.clone());
         servers.push(tokio::spawn(async move {
             router
@@ -183,7 +236,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             .add_service(
                 RaftTransportServer::new(PeerService::new(node.clone()))
                     .max_decoding_message_size(usize::MAX),
-            );
+            )
+            .add_service(LeaseForwardServer::new(LeaseForwardService::new(
+                ctx.clone(),
+            )));
         let stop = stopped(stop_rx.clone());
         servers.push(tokio::spawn(async move {
             router

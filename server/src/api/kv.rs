@@ -33,7 +33,7 @@ impl KvService {
     }
 }
 
-fn unexpected(out: &ApplyOutput) -> Status {
+pub(super) fn unexpected(out: &ApplyOutput) -> Status {
     Status::internal(format!("conclave: unexpected apply result {out:?}"))
 }
 

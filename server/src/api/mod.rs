@@ -4,19 +4,24 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod peer;
 pub mod status;
 pub mod validate;
+pub mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use conclave_proto::etcdserverpb::ResponseHeader;
 
+use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::mvcc::Store;
 use crate::node::Node;
+use crate::watch::WatchHub;
 
 /// Request limits (etcd's flags and defaults).
 #[derive(Debug, Clone, Copy)]
@@ -29,9 +34,13 @@ pub struct Limits {
 pub struct Context {
     pub node: Arc<Node>,
     pub store: Arc<Store>,
+    pub lessor: Arc<Lessor>,
+    pub hub: Arc<WatchHub>,
     pub membership: Arc<Membership>,
     pub limits: Limits,
     pub data_dir: PathBuf,
+    /// How long a request may wait for raft before answering "timed out".
+    pub request_timeout: Duration,
 }
 
 impl Context {
@@ -46,6 +55,16 @@ impl Context {
                 self.store.revision()
             },
             raft_term: self.node.status().term,
+        }
+    }
+
+    /// A fresh lease id for a grant that left it to the server: positive, not in use.
+    pub fn new_lease_id(&self) -> i64 {
+        loop {
+            let id = rand::random::<i64>() & i64::MAX;
+            if id != 0 && !self.lessor.exists(id) {
+                return id;
+            }
         }
     }
 

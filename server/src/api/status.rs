@@ -17,8 +17,12 @@ impl From<ServerError> for Status {
             | ServerError::DuplicateKey
             | ServerError::InvalidSortOption
             | ServerError::RequestTooLarge => Code::InvalidArgument,
-            ServerError::Compacted | ServerError::FutureRevision => Code::OutOfRange,
-            ServerError::NotLeader | ServerError::BadLeaderTransferee => Code::FailedPrecondition,
+            ServerError::Compacted
+            | ServerError::FutureRevision
+            | ServerError::LeaseTtlTooLarge => Code::OutOfRange,
+            ServerError::NotLeader | ServerError::BadLeaderTransferee | ServerError::LeaseExist => {
+                Code::FailedPrecondition
+            }
             ServerError::LeaseNotFound | ServerError::MemberNotFound => Code::NotFound,
             ServerError::NoLeader
             | ServerError::Timeout
@@ -76,6 +80,16 @@ mod tests {
                 ServerError::LeaseNotFound,
                 Code::NotFound,
                 "etcdserver: requested lease not found",
+            ),
+            (
+                ServerError::LeaseExist,
+                Code::FailedPrecondition,
+                "etcdserver: lease already exists",
+            ),
+            (
+                ServerError::LeaseTtlTooLarge,
+                Code::OutOfRange,
+                "etcdserver: too large lease TTL",
             ),
             (
                 ServerError::Timeout,

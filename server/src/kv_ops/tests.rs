@@ -11,7 +11,7 @@ use conclave_proto::etcdserverpb::{
 use super::*;
 
 /// The MVCC test store, with etcd-request helpers.
-struct Fixture(crate::mvcc::tests::Fixture);
+struct Fixture(crate::mvcc::tests::Fixture, Lessor);
 
 impl std::ops::Deref for Fixture {
     type Target = crate::mvcc::tests::Fixture;
@@ -22,11 +22,11 @@ impl std::ops::Deref for Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        Fixture(crate::mvcc::tests::Fixture::new())
+        Fixture(crate::mvcc::tests::Fixture::new(), Lessor::new(1))
     }
 
     fn put(&self, k: &str, v: &str) -> PutResponse {
-        self.apply(|w| put(w, &put_req(k, v))).unwrap()
+        self.apply(|w| put(w, &self.1, &put_req(k, v))).unwrap()
     }
 
     fn range(&self, req: RangeRequest) -> RangeResponse {
@@ -34,7 +34,7 @@ impl Fixture {
     }
 
     fn txn(&self, req: TxnRequest) -> KvResult<TxnResponse> {
-        self.apply(|w| txn(w, &req))
+        self.apply(|w| txn(w, &self.1, &req))
     }
 }
 
@@ -311,6 +311,7 @@ fn put_options() {
         .apply(|w| {
             put(
                 w,
+                &f.1,
                 &PutRequest {
                     key: b"k".to_vec(),
                     value: b"v2".to_vec(),
@@ -325,6 +326,7 @@ fn put_options() {
     f.apply(|w| {
         put(
             w,
+            &f.1,
             &PutRequest {
                 key: b"k".to_vec(),
                 ignore_value: true,
@@ -344,6 +346,7 @@ fn put_options() {
     let missing = f.apply(|w| {
         put(
             w,
+            &f.1,
             &PutRequest {
                 key: b"nope".to_vec(),
                 ignore_lease: true,

@@ -27,6 +27,8 @@ struct Generation {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyHistory {
     generations: Vec<Generation>,
+    /// The lease the key's live value is attached to (0: none, or the key is deleted).
+    pub lease: i64,
 }
 
 /// What a live key looks like at a revision.

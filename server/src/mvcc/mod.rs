@@ -13,7 +13,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use conclave_proto::mvccpb::KeyValue;
+use conclave_proto::mvccpb::{Event, KeyValue, event::EventType};
 use prost::Message as _;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 
@@ -219,8 +219,10 @@ impl Store {
             let history = keys.entry(kv.key).or_default();
             if kind == KIND_TOMBSTONE {
                 history.tombstone(rev);
+                history.lease = 0;
             } else {
                 history.put(rev);
+                history.lease = kv.lease;
             }
             current = current.max(rev.main);
         }
@@ -271,6 +273,17 @@ impl Store {
             .count()
     }
 
+    /// Every live key attached to a lease, as (lease, key): the lessor rebuilds its attachments
+    /// from this at start.
+    pub fn leased_keys(&self) -> Vec<(i64, Vec<u8>)> {
+        self.read_index()
+            .keys
+            .iter()
+            .filter(|(_, h)| h.lease != 0 && h.is_live())
+            .map(|(k, h)| (h.lease, k.clone()))
+            .collect()
+    }
+
     /// Makes everything written up to `revision` visible to readers. Called after the commit.
     pub fn publish(&self, revision: i64) {
         self.published.fetch_max(revision, Ordering::AcqRel);
@@ -299,6 +312,87 @@ impl Store {
         })
     }
 
+    /// The changes in `range` from revision `from` on, as watch events in revision order, each
+    /// with the key's previous value when `with_prev` is set. Stops at a revision boundary once
+    /// `max_bytes` of events are collected, or at the newest published revision. Returns the events
+    /// and the last revision scanned: every matching event up to it is included.
+    pub fn history(
+        &self,
+        range: KeyRange<'_>,
+        from: i64,
+        with_prev: bool,
+        max_bytes: usize,
+    ) -> MvccResult<(Vec<Event>, i64)> {
+        let newest = self.revision();
+        let txn = self.db.begin_read()?;
+        if from <= self.read_index().compacted {
+            return Err(MvccError::Compacted);
+        }
+        let table = txn.open_table(MVCC)?;
+        let mut events: Vec<Event> = Vec::new();
+        let mut bytes = 0;
+        // Every revision up to `complete` has been scanned entirely.
+        let mut complete = from - 1;
+        let mut current = None;
+        let lower = (from.max(0) as u64, 0);
+        let upper = (newest.max(0) as u64, u64::MAX);
+        for row in table.range(lower..=upper)? {
+            let (k, v) = row?;
+            let main = k.value().0 as i64;
+            if current != Some(main) {
+                if let Some(done) = current {
+                    complete = done;
+                }
+                if bytes >= max_bytes {
+                    return Ok((events, complete));
+                }
+                current = Some(main);
+            }
+            let (kind, kv) = decode_row(v.value())?;
+            if !range.contains(&kv.key) {
+                continue;
+            }
+            let prev_kv = if with_prev {
+                self.value_before(&table, &kv.key, main)?
+            } else {
+                None
+            };
+            let kind = if kind == KIND_TOMBSTONE {
+                EventType::Delete
+            } else {
+                EventType::Put
+            };
+            let event = Event {
+                r#type: kind as i32,
+                kv: Some(kv),
+                prev_kv,
+            };
+            bytes += event.encoded_len();
+            events.push(event);
+        }
+        Ok((events, newest.max(complete)))
+    }
+
+    /// The value `key` had just before revision `main`, if it was live then.
+    fn value_before(
+        &self,
+        table: &impl ReadableTable<(u64, u64), &'static [u8]>,
+        key: &[u8],
+        main: i64,
+    ) -> MvccResult<Option<KeyValue>> {
+        let visible = {
+            let index = self.read_index();
+            if main - 1 < index.compacted {
+                return Err(MvccError::Compacted);
+            }
+            index.keys.get(key).and_then(|h| h.get(main - 1))
+        };
+        match visible {
+            Some(v) => Ok(Some(read_value(table, v.modified)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Starts the changes of one request inside the apply transaction `txn`. Holds the index write
     /// lock until the writer is finished.
     pub fn writer<'s, 't>(&'s self, txn: &'t WriteTransaction) -> MvccResult<Writer<'s, 't>> {
@@ -311,6 +405,7 @@ impl Store {
             txn,
             main,
             sub: 0,
+            events: Vec::new(),
         })
     }
 }
@@ -323,6 +418,15 @@ pub struct Writer<'s, 't> {
     txn: &'t WriteTransaction,
     main: i64,
     sub: i64,
+    events: Vec<Event>,
+}
+
+/// What one request changed: the store revision after it and its events (every event carries
+/// the key's previous value, if it had one).
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub revision: i64,
+    pub events: Vec<Event>,
 }
 
 impl Writer<'_, '_> {
@@ -376,6 +480,7 @@ impl Writer<'_, '_> {
         let rev = Revision::new(self.main, self.sub);
         let history = self.index.keys.entry(key.to_vec()).or_default();
         let (create_revision, version) = history.put(rev);
+        history.lease = lease;
         let kv = KeyValue {
             key: key.to_vec(),
             create_revision,
@@ -387,6 +492,11 @@ impl Writer<'_, '_> {
         self.table
             .insert(row_key(rev), encode_row(KIND_PUT, &kv).as_slice())?;
         self.sub += 1;
+        self.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv),
+            prev_kv: prev.clone(),
+        });
         Ok(prev)
     }
 
@@ -397,6 +507,7 @@ impl Writer<'_, '_> {
             let rev = Revision::new(self.main, self.sub);
             if let Some(history) = self.index.keys.get_mut(&kv.key) {
                 history.tombstone(rev);
+                history.lease = 0;
             }
             let tomb = KeyValue {
                 key: kv.key.clone(),
@@ -406,6 +517,11 @@ impl Writer<'_, '_> {
             self.table
                 .insert(row_key(rev), encode_row(KIND_TOMBSTONE, &tomb).as_slice())?;
             self.sub += 1;
+            self.events.push(Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(tomb),
+                prev_kv: Some(kv.clone()),
+            });
         }
         Ok(existing)
     }
@@ -433,12 +549,16 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    /// Ends the request; returns the store revision after it (unchanged if it wrote nothing).
-    pub fn finish(mut self) -> i64 {
+    /// Ends the request; returns the store revision after it (unchanged if it wrote nothing) and
+    /// the events it produced.
+    pub fn finish(mut self) -> Changes {
         if self.sub > 0 {
             self.index.current = self.main;
         }
-        self.index.current
+        Changes {
+            revision: self.index.current,
+            events: std::mem::take(&mut self.events),
+        }
     }
 }
 

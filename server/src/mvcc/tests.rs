@@ -28,7 +28,7 @@ impl Fixture {
         let (out, rev) = {
             let mut w = self.store.writer(&txn).unwrap();
             let out = f(&mut w);
-            (out, w.finish())
+            (out, w.finish().revision)
         };
         txn.commit().unwrap();
         self.store.publish(rev);

@@ -1,5 +1,5 @@
 //! The member's one redb database: the raft log, hard state and conf state (`raft_log`), the MVCC
-//! key-value history (`mvcc`), the member table, and bookkeeping (`meta`, holding the schema version
+//! key-value history (`mvcc`), the member table, the leases, and bookkeeping (`meta`, holding the schema version
 //! and the applied index). Opening checks the schema version and refuses a newer one.
 
 mod error;
@@ -20,6 +20,8 @@ pub const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_
 pub const MVCC: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("mvcc");
 /// Member table: member id -> encoded `MemberRecord`.
 pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+/// Leases: id -> (granted TTL, checkpointed remaining TTL; 0 = none), both in seconds.
+pub const LEASES: TableDefinition<i64, (i64, i64)> = TableDefinition::new("leases");
 /// Small counters: schema version, applied index, compacted revision, identity.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -48,6 +50,7 @@ pub fn open(data_dir: &Path) -> StorageResult<Arc<Database>> {
         txn.open_table(RAFT_STATE)?;
         txn.open_table(MVCC)?;
         txn.open_table(MEMBERS)?;
+        txn.open_table(LEASES)?;
         let mut meta = txn.open_table(META)?;
         let found = meta.get(META_SCHEMA)?.map(|v| v.value());
         match found {

@@ -4,6 +4,8 @@
 mod t10_kv_single_member;
 mod t20_replication;
 mod t30_crash_recovery;
+mod t40_watch;
+mod t50_lease;
 mod t90_regressions;
 
 use std::path::Path;

@@ -1,0 +1,74 @@
+//! The lease requests only the leader can answer, because only it knows expiry times: renewing a
+//! lease (keep-alive) and reporting its time to live. Both first confirm leadership and catch up
+//! with everything committed (a read barrier), so a lease revoked by a committed entry is never
+//! renewed, and a deposed leader never acknowledges a keep-alive.
+
+use std::time::Duration;
+
+use conclave_proto::conclave::internal::v1::raft_command::Op;
+use conclave_proto::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest};
+use tokio::time::Instant;
+
+use super::{Lessor, TimeToLive};
+use crate::error::ServerError;
+use crate::node::Node;
+
+/// Pause while a fresh leader's lessor is being promoted.
+const PROMOTION_POLL: Duration = Duration::from_millis(10);
+
+/// Confirms this member leads, and waits (briefly) until its lessor tracks expiry.
+async fn lead(node: &Node, lessor: &Lessor, deadline: Instant) -> Result<(), ServerError> {
+    node.read_barrier().await?;
+    loop {
+        if !node.status().is_leader {
+            return Err(ServerError::NotLeader);
+        }
+        if lessor.is_primary() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ServerError::Timeout);
+        }
+        tokio::time::sleep(PROMOTION_POLL).await;
+    }
+}
+
+/// Renews lease `id` for its full TTL; returns the TTL. A stored (or in-flight) checkpoint is
+/// cleared through raft before the renewal is acknowledged, so a later leader cannot expire the
+/// lease earlier than this acknowledgment promises.
+pub async fn renew(
+    node: &Node,
+    lessor: &Lessor,
+    id: i64,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<i64, ServerError> {
+    let deadline = Instant::now() + timeout;
+    lead(node, lessor, deadline).await?;
+    let renewal = lessor.renew(id, Instant::now())?;
+    if !renewal.clear_checkpoint {
+        return Ok(renewal.ttl);
+    }
+    lessor.checkpoint_settled(id, timeout).await;
+    let clear = Op::LeaseCheckpoint(LeaseCheckpointRequest {
+        checkpoints: vec![LeaseCheckpoint {
+            id,
+            remaining_ttl: 0,
+        }],
+    });
+    node.propose(clear, max_bytes).await?;
+    // The acknowledgment is now: count the TTL from here.
+    Ok(lessor.renew(id, Instant::now())?.ttl)
+}
+
+/// Lease `id`'s granted and remaining TTL (and keys), or `None` if there is no such lease.
+pub async fn time_to_live(
+    node: &Node,
+    lessor: &Lessor,
+    id: i64,
+    keys: bool,
+    timeout: Duration,
+) -> Result<Option<TimeToLive>, ServerError> {
+    lead(node, lessor, Instant::now() + timeout).await?;
+    Ok(lessor.time_to_live(id, Instant::now(), keys))
+}

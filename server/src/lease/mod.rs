@@ -1,0 +1,421 @@
+//! The lessor: every lease's granted TTL, checkpointed remaining TTL and attached keys (replicated
+//! state, the same on every member, changed only by apply), plus — on the leader alone — each
+//! lease's expiry time.
+//!
+//! Contract: only the leader ("primary") decides expiry; it proposes the revoke through raft, so
+//! every member deletes the same keys at the same revision. A new primary gives every lease its
+//! remaining TTL plus an election timeout of grace (no mass expiry after a stall); remaining TTLs
+//! are checkpointed through raft (see [`duties`]) so repeated leader changes cannot keep a lease
+//! alive forever. A keep-alive acknowledged by the leader is never undone by an older checkpoint:
+//! renewing a lease whose checkpoint is stored (or in flight) clears it through raft first.
+//!
+//! Time is `tokio::time::Instant`, so tests drive expiry with paused time.
+
+pub mod duties;
+pub mod leader;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use conclave_proto::etcdserverpb::LeaseCheckpoint;
+use conclave_proto::mvccpb::{Event, event::EventType};
+use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::error::ServerError;
+use crate::mvcc::Store;
+use crate::storage::{LEASES, StorageResult};
+
+/// etcd's largest TTL (`MaxLeaseTTL`), in seconds.
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// How long an expired lease's revoke may be in flight before it is proposed again.
+const REVOKE_RETRY: Duration = Duration::from_secs(3);
+
+/// The smallest TTL a lease gets: 1.5 election timeouts, rounded up to whole seconds (as etcd).
+pub fn min_ttl(election_timeout: Duration) -> i64 {
+    let millis = election_timeout.as_millis() as i64 * 3 / 2;
+    ((millis + 999) / 1000).max(1)
+}
+
+struct Lease {
+    ttl: i64,
+    /// Checkpointed remaining TTL in seconds; 0 = none (the full TTL applies).
+    remaining: i64,
+    keys: BTreeSet<Vec<u8>>,
+    /// When the lease expires; only set on the primary.
+    expiry: Option<Instant>,
+}
+
+impl Lease {
+    fn effective_ttl(&self) -> i64 {
+        if self.remaining > 0 {
+            self.remaining
+        } else {
+            self.ttl
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    leases: HashMap<i64, Lease>,
+    primary: bool,
+    /// Expired leases whose revoke was proposed, and when.
+    revoking: HashMap<i64, Instant>,
+    /// Leases whose checkpoint proposal has not been applied yet.
+    checkpointing: HashSet<i64>,
+}
+
+/// What a renewal tells the keep-alive handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewal {
+    pub ttl: i64,
+    /// A stored checkpoint would give a new leader less than the full TTL: clear it through raft
+    /// before acknowledging.
+    pub clear_checkpoint: bool,
+}
+
+/// A lease as LeaseTimeToLive reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeToLive {
+    pub granted_ttl: i64,
+    /// Seconds left (on the primary), or the checkpointed/full TTL elsewhere.
+    pub remaining: i64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// The leases of one member.
+pub struct Lessor {
+    inner: Mutex<Inner>,
+    min_ttl: i64,
+    checkpoint_settled: Notify,
+}
+
+fn secs_until(expiry: Instant, now: Instant) -> i64 {
+    let left = expiry.saturating_duration_since(now);
+    // Round up: a lease with 0.2 s left still has a second, not zero.
+    left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0)
+}
+
+impl Lessor {
+    /// An empty lessor (a new member, or tests).
+    pub fn new(min_ttl: i64) -> Lessor {
+        Lessor {
+            inner: Mutex::new(Inner::default()),
+            min_ttl,
+            checkpoint_settled: Notify::new(),
+        }
+    }
+
+    /// Loads the leases from the database and attaches the store's live keys to them.
+    pub fn open(db: &Database, store: &Store, min_ttl: i64) -> StorageResult<Lessor> {
+        let lessor = Lessor::new(min_ttl);
+        {
+            let mut inner = lessor.lock();
+            let txn = db.begin_read()?;
+            let table = txn.open_table(LEASES)?;
+            for row in table.iter()? {
+                let (id, v) = row?;
+                let (ttl, remaining) = v.value();
+                inner.leases.insert(
+                    id.value(),
+                    Lease {
+                        ttl,
+                        remaining,
+                        keys: BTreeSet::new(),
+                        expiry: None,
+                    },
+                );
+            }
+            for (lease, key) in store.leased_keys() {
+                if let Some(l) = inner.leases.get_mut(&lease) {
+                    l.keys.insert(key);
+                }
+            }
+        }
+        Ok(lessor)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Held only for map updates that cannot panic half-way.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The smallest TTL granted.
+    pub fn min_ttl(&self) -> i64 {
+        self.min_ttl
+    }
+
+    /// Whether `id` is a lease (keys may be attached to it).
+    pub fn exists(&self, id: i64) -> bool {
+        self.lock().leases.contains_key(&id)
+    }
+
+    /// Number of leases.
+    pub fn len(&self) -> usize {
+        self.lock().leases.len()
+    }
+
+    /// Whether there are no leases.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every lease id, ascending.
+    pub fn ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self.lock().leases.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    // ---- replicated changes, made by apply inside its transaction ----
+
+    /// Grants lease `id`; returns the TTL granted (raised to the minimum).
+    pub fn grant(
+        &self,
+        txn: &WriteTransaction,
+        id: i64,
+        ttl: i64,
+        now: Instant,
+    ) -> StorageResult<Result<i64, ServerError>> {
+        let mut inner = self.lock();
+        if inner.leases.contains_key(&id) {
+            return Ok(Err(ServerError::LeaseExist));
+        }
+        let ttl = ttl.max(self.min_ttl);
+        txn.open_table(LEASES)?.insert(id, (ttl, 0))?;
+        let expiry = inner.primary.then(|| now + Duration::from_secs(ttl as u64));
+        inner.leases.insert(
+            id,
+            Lease {
+                ttl,
+                remaining: 0,
+                keys: BTreeSet::new(),
+                expiry,
+            },
+        );
+        Ok(Ok(ttl))
+    }
+
+    /// Removes lease `id`; returns its attached keys, which the caller deletes in the same
+    /// revision.
+    pub fn revoke(
+        &self,
+        txn: &WriteTransaction,
+        id: i64,
+    ) -> StorageResult<Result<Vec<Vec<u8>>, ServerError>> {
+        let mut inner = self.lock();
+        inner.revoking.remove(&id);
+        let Some(lease) = inner.leases.remove(&id) else {
+            return Ok(Err(ServerError::LeaseNotFound));
+        };
+        txn.open_table(LEASES)?.remove(id)?;
+        Ok(Ok(lease.keys.into_iter().collect()))
+    }
+
+    /// Stores remaining TTLs (0 = the full TTL again). Unknown leases are skipped.
+    pub fn checkpoint(
+        &self,
+        txn: &WriteTransaction,
+        checkpoints: &[LeaseCheckpoint],
+    ) -> StorageResult<()> {
+        let mut inner = self.lock();
+        let mut table = txn.open_table(LEASES)?;
+        for cp in checkpoints {
+            if let Some(l) = inner.leases.get_mut(&cp.id) {
+                l.remaining = cp.remaining_ttl.max(0);
+                table.insert(cp.id, (l.ttl, l.remaining))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows the keys' lease attachments through a request's events.
+    pub fn on_events(&self, events: &[Event]) {
+        let mut inner = self.lock();
+        for e in events {
+            let prev = e.prev_kv.as_ref().map_or(0, |p| p.lease);
+            let (key, now) = match (&e.kv, EventType::try_from(e.r#type)) {
+                (Some(kv), Ok(EventType::Put)) => (&kv.key, kv.lease),
+                (Some(kv), _) => (&kv.key, 0),
+                (None, _) => continue,
+            };
+            if prev == now {
+                continue;
+            }
+            if let Some(l) = inner.leases.get_mut(&prev) {
+                l.keys.remove(key);
+            }
+            if let Some(l) = inner.leases.get_mut(&now) {
+                l.keys.insert(key.clone());
+            }
+        }
+    }
+
+    // ---- the primary's view: expiry ----
+
+    /// This member became leader: every lease expires after its remaining TTL plus `extend`.
+    pub fn promote(&self, now: Instant, extend: Duration) {
+        let mut inner = self.lock();
+        inner.primary = true;
+        inner.revoking.clear();
+        for l in inner.leases.values_mut() {
+            l.expiry = Some(now + Duration::from_secs(l.effective_ttl() as u64) + extend);
+        }
+    }
+
+    /// This member stopped leading: it no longer tracks expiry.
+    pub fn demote(&self) {
+        let mut inner = self.lock();
+        inner.primary = false;
+        inner.revoking.clear();
+        inner.checkpointing.clear();
+        for l in inner.leases.values_mut() {
+            l.expiry = None;
+        }
+        drop(inner);
+        self.checkpoint_settled.notify_waiters();
+    }
+
+    /// Whether this member tracks expiry (it is the leader).
+    pub fn is_primary(&self) -> bool {
+        self.lock().primary
+    }
+
+    /// Renews `id` for its full TTL from `now`. An expired lease is not renewed: its revoke is
+    /// under way.
+    pub fn renew(&self, id: i64, now: Instant) -> Result<Renewal, ServerError> {
+        let mut inner = self.lock();
+        if !inner.primary {
+            return Err(ServerError::NotLeader);
+        }
+        let in_flight = inner.checkpointing.contains(&id);
+        let Some(l) = inner.leases.get_mut(&id) else {
+            return Err(ServerError::LeaseNotFound);
+        };
+        if l.expiry.is_some_and(|e| e <= now) {
+            return Err(ServerError::LeaseNotFound);
+        }
+        l.expiry = Some(now + Duration::from_secs(l.ttl as u64));
+        Ok(Renewal {
+            ttl: l.ttl,
+            clear_checkpoint: l.remaining > 0 || in_flight,
+        })
+    }
+
+    /// Waits until no checkpoint of `id` is in flight (or `limit` passes).
+    pub async fn checkpoint_settled(&self, id: i64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let notified = self.checkpoint_settled.notified();
+            if !self.lock().checkpointing.contains(&id) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Remaining time of `id` (as the primary sees it when it is the primary).
+    pub fn time_to_live(&self, id: i64, now: Instant, with_keys: bool) -> Option<TimeToLive> {
+        let inner = self.lock();
+        let l = inner.leases.get(&id)?;
+        let remaining = match l.expiry {
+            // Truncated, as etcd reports it.
+            Some(e) => e.saturating_duration_since(now).as_secs() as i64,
+            None => l.effective_ttl(),
+        };
+        Some(TimeToLive {
+            granted_ttl: l.ttl,
+            remaining,
+            keys: if with_keys {
+                l.keys.iter().cloned().collect()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// Up to `max` expired leases whose revoke is not already in flight; marks them in flight.
+    pub fn take_expired(&self, now: Instant, max: usize) -> Vec<i64> {
+        let mut inner = self.lock();
+        if !inner.primary {
+            return Vec::new();
+        }
+        let Inner {
+            leases, revoking, ..
+        } = &mut *inner;
+        let mut expired: Vec<(Instant, i64)> = leases
+            .iter()
+            .filter_map(|(id, l)| match l.expiry {
+                Some(e) if e <= now => Some((e, *id)),
+                _ => None,
+            })
+            .filter(|(_, id)| revoking.get(id).is_none_or(|at| now >= *at + REVOKE_RETRY))
+            .collect();
+        expired.sort_unstable();
+        expired.truncate(max);
+        for (_, id) in &expired {
+            revoking.insert(*id, now);
+        }
+        expired.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Remaining TTLs worth recording: leases whose time left fell at least `interval` below what
+    /// is stored. Marks them in flight until [`Lessor::checkpoints_done`].
+    pub fn take_checkpoints(
+        &self,
+        now: Instant,
+        interval: Duration,
+        max: usize,
+    ) -> Vec<LeaseCheckpoint> {
+        let mut inner = self.lock();
+        if !inner.primary {
+            return Vec::new();
+        }
+        let step = interval.as_secs().max(1) as i64;
+        let Inner {
+            leases,
+            checkpointing,
+            ..
+        } = &mut *inner;
+        let mut out = Vec::new();
+        for (id, l) in leases.iter() {
+            if out.len() >= max {
+                break;
+            }
+            let Some(expiry) = l.expiry else { continue };
+            let left = secs_until(expiry, now);
+            if left > 0 && l.effective_ttl() - left >= step && !checkpointing.contains(id) {
+                out.push(LeaseCheckpoint {
+                    id: *id,
+                    remaining_ttl: left,
+                });
+            }
+        }
+        for cp in &out {
+            checkpointing.insert(cp.id);
+        }
+        out
+    }
+
+    /// Marks leases' checkpoint proposals as finished (applied or failed).
+    pub fn checkpoints_done(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut inner = self.lock();
+        for id in ids {
+            inner.checkpointing.remove(&id);
+        }
+        drop(inner);
+        self.checkpoint_settled.notify_waiters();
+    }
+}
+
+/// Shared handle.
+pub type SharedLessor = Arc<Lessor>;
+
+#[cfg(test)]
+mod tests;
