@@ -14,7 +14,9 @@ use tonic::transport::{Channel, Endpoint};
 use crate::cluster::Cluster;
 use crate::error::{Disposition, Error, classify, deadline_expired_locally};
 use crate::kv::Kv;
+use crate::lease::Lease;
 use crate::maintenance::Maintenance;
+use crate::watch::Watch;
 
 /// Largest response accepted, as etcd's client does (`math.MaxInt32`).
 pub(crate) const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
@@ -105,7 +107,13 @@ impl ConnectOptions {
         self.dial_timeout
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
+    /// The maximum number of attempts per call.
+    pub(crate) fn max_attempts(&self) -> usize {
+        self.max_attempts
+    }
+
+    /// The jittered pause before retry number `attempt + 1`.
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         let full = self
             .backoff_base
             .saturating_mul(2u32.saturating_pow(attempt))
@@ -167,6 +175,17 @@ pub(crate) enum Retry {
 struct Member {
     url: String,
     channel: Channel,
+}
+
+/// One endpoint of a client, as handed to a long-lived stream: its position (for
+/// `Client::rotate_from`), its URL (for errors) and its channel.
+pub(crate) struct Connection {
+    /// The endpoint's index in the client's list.
+    pub(crate) index: usize,
+    /// The endpoint's normalized URL.
+    pub(crate) url: String,
+    /// The endpoint's shared, lazily connected channel.
+    pub(crate) channel: Channel,
 }
 
 struct Inner {
@@ -263,18 +282,40 @@ impl Client {
         Cluster::new(self.clone())
     }
 
+    /// Watches: streams of changes that resume across member failures without gaps or
+    /// duplicates.
+    pub fn watch(&self) -> Watch {
+        Watch::new(self.clone())
+    }
+
+    /// Leases: grant, revoke, time-to-live, list, and keep-alive.
+    pub fn lease(&self) -> Lease {
+        Lease::new(self.clone())
+    }
+
     /// The channel of the current endpoint, for services this crate does not wrap yet.
     pub fn channel(&self) -> Channel {
         let index = self.current_index();
         self.inner.members[index].channel.clone()
     }
 
-    fn current_index(&self) -> usize {
+    pub(crate) fn current_index(&self) -> usize {
         self.inner.current.load(Ordering::Relaxed) % self.inner.members.len()
     }
 
+    /// The current endpoint, for a long-lived stream that must remember where it runs.
+    pub(crate) fn current_connection(&self) -> Connection {
+        let index = self.current_index();
+        let member = &self.inner.members[index];
+        Connection {
+            index,
+            url: member.url.clone(),
+            channel: member.channel.clone(),
+        }
+    }
+
     /// Moves the current endpoint past `failed`, unless another caller already moved it.
-    fn rotate_from(&self, failed: usize) {
+    pub(crate) fn rotate_from(&self, failed: usize) {
         let next = (failed + 1) % self.inner.members.len();
         let _ =
             self.inner

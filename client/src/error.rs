@@ -46,6 +46,32 @@ pub enum Error {
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
 
+    /// A grant asked for a lease ID that is already in use.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+
+    /// A grant asked for a TTL above the server's maximum.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+
+    /// A watch's start (or resume) revision has been compacted away, so events between it and
+    /// `compact_revision` can no longer be delivered. The watch has ended; start a new one from
+    /// `compact_revision` or later (after re-reading the state).
+    #[error(
+        "etcdserver: mvcc: required revision has been compacted (compact revision {compact_revision})"
+    )]
+    WatchCompacted {
+        /// The server's compaction revision: the oldest revision a new watch may start from.
+        compact_revision: i64,
+    },
+
+    /// The server cancelled a watch for the given reason. The watch has ended.
+    #[error("watch canceled by the server: {reason}")]
+    WatchCanceled {
+        /// The server's `cancel_reason` (may be empty).
+        reason: String,
+    },
+
     /// A transaction has more operations than the server's `--max-txn-ops`.
     #[error("etcdserver: too many operations in txn request")]
     TooManyOps,
@@ -105,6 +131,8 @@ impl Error {
             "etcdserver: mvcc: required revision is a future revision" => Error::FutureRevision,
             "etcdserver: key not found" => Error::KeyNotFound,
             "etcdserver: requested lease not found" => Error::LeaseNotFound,
+            "etcdserver: lease already exists" => Error::LeaseExists,
+            "etcdserver: too large lease TTL" => Error::LeaseTtlTooLarge,
             "etcdserver: too many operations in txn request" => Error::TooManyOps,
             "etcdserver: duplicate key given in txn request" => Error::DuplicateKey,
             "etcdserver: key is not provided" => Error::EmptyKey,
@@ -127,15 +155,21 @@ impl Error {
             }
             Error::Status(status) => Some(status.code()),
             Error::Timeout(_) => Some(Code::DeadlineExceeded),
-            Error::Compacted | Error::FutureRevision => Some(Code::OutOfRange),
+            Error::Compacted
+            | Error::FutureRevision
+            | Error::LeaseTtlTooLarge
+            | Error::WatchCompacted { .. } => Some(Code::OutOfRange),
             Error::LeaseNotFound => Some(Code::NotFound),
+            Error::LeaseExists => Some(Code::FailedPrecondition),
             Error::NoSpace => Some(Code::ResourceExhausted),
             Error::KeyNotFound
             | Error::TooManyOps
             | Error::DuplicateKey
             | Error::EmptyKey
             | Error::RequestTooLarge => Some(Code::InvalidArgument),
-            Error::NoEndpoints | Error::InvalidEndpoint { .. } => None,
+            Error::NoEndpoints | Error::InvalidEndpoint { .. } | Error::WatchCanceled { .. } => {
+                None
+            }
         }
     }
 }
@@ -210,6 +244,27 @@ pub(crate) fn classify(status: Status, idempotent: bool, endpoint: &str) -> Disp
     Disposition::Fail(Error::from_status(status))
 }
 
+/// Decides what the failure of a long-lived stream (Watch, LeaseKeepAlive) means. Streams carry
+/// no write whose outcome could be lost, so every sign that the member or the connection went away
+/// is a reason to re-open the stream on the next endpoint: whatever [`classify`] retries for a
+/// read, plus `Cancelled`, `DeadlineExceeded` and `Aborted` (a member shutting down, or a stalled
+/// stream given up locally) and a plain `ResourceExhausted` (a server ending the stream of a
+/// consumer that stopped reading, asking it to resume). Any other status, including the typed
+/// [`Error::NoSpace`], is the server's definite answer: [`Error::from_status`].
+pub(crate) fn classify_stream(status: Status, endpoint: &str) -> Disposition {
+    match classify(status, true, endpoint) {
+        Disposition::Fail(Error::Status(status))
+            if matches!(
+                status.code(),
+                Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted
+            ) =>
+        {
+            Disposition::Retry(status)
+        }
+        other => other,
+    }
+}
+
 /// True when the status was produced by tonic because no connection could be established: the
 /// request never left this process.
 pub(crate) fn was_not_sent(status: &Status) -> bool {
@@ -280,6 +335,14 @@ mod tests {
                 "etcdserver: requested lease not found",
                 |e| matches!(e, Error::LeaseNotFound),
             ),
+            (
+                Code::FailedPrecondition,
+                "etcdserver: lease already exists",
+                |e| matches!(e, Error::LeaseExists),
+            ),
+            (Code::OutOfRange, "etcdserver: too large lease TTL", |e| {
+                matches!(e, Error::LeaseTtlTooLarge)
+            }),
             (
                 Code::InvalidArgument,
                 "etcdserver: too many operations in txn request",
@@ -393,6 +456,61 @@ mod tests {
             ),
             Disposition::Fail(Error::Compacted)
         ));
+    }
+
+    #[test]
+    fn broken_streams_are_reopened_and_definite_answers_end_them() {
+        for status in [
+            connect_refused(),
+            Status::unavailable("etcdserver: no leader"),
+            Status::cancelled("server shutting down"),
+            Status::deadline_exceeded("stalled"),
+            Status::aborted("aborted"),
+            Status::resource_exhausted("watch stream ended: slow consumer"),
+            broken_connection(),
+        ] {
+            assert!(matches!(
+                classify_stream(status, "e"),
+                Disposition::Retry(_)
+            ));
+        }
+        assert!(matches!(
+            classify_stream(
+                Status::not_found("etcdserver: requested lease not found"),
+                "e"
+            ),
+            Disposition::Fail(Error::LeaseNotFound)
+        ));
+        assert!(matches!(
+            classify_stream(
+                Status::resource_exhausted("etcdserver: mvcc: database space exceeded"),
+                "e"
+            ),
+            Disposition::Fail(Error::NoSpace)
+        ));
+        assert!(matches!(
+            classify_stream(Status::unimplemented("no watch here"), "e"),
+            Disposition::Fail(Error::Status(_))
+        ));
+    }
+
+    #[test]
+    fn watch_errors_have_codes() {
+        assert_eq!(
+            Error::WatchCompacted {
+                compact_revision: 7
+            }
+            .code(),
+            Some(Code::OutOfRange)
+        );
+        assert!(
+            Error::WatchCompacted {
+                compact_revision: 7
+            }
+            .to_string()
+            .contains("compacted")
+        );
+        assert_eq!(Error::WatchCanceled { reason: "r".into() }.code(), None);
     }
 
     #[test]

@@ -1,22 +1,30 @@
-//! Async client for Conclave and etcd v3 over gRPC: KV with a transaction builder, maintenance
-//! status and membership listing. Contract: reads (Range, read-only Txn, Status, MemberList) fail
-//! over between endpoints; writes are sent at most once unless the connection provably never
-//! reached a server, and an ambiguous write fails with [`Error::Unknown`], never with a plain
-//! failure. Responses are the generated etcd types, unchanged.
+//! Async client for Conclave and etcd v3 over gRPC: KV with a transaction builder, watches,
+//! leases with keep-alive, maintenance status and membership listing. Contract: reads (Range,
+//! read-only Txn, LeaseTimeToLive, LeaseLeases, Status, MemberList) fail over between endpoints;
+//! writes (including LeaseGrant and LeaseRevoke) are sent at most once unless the connection
+//! provably never reached a server, and an ambiguous write fails with [`Error::Unknown`], never
+//! with a plain failure. Watches resume on another endpoint from the last delivered revision + 1,
+//! without gaps or duplicates; a lease keep-alive reports the loss of its lease at once. Responses
+//! are the generated etcd types, unchanged.
 
 mod client;
 mod cluster;
 mod error;
 mod kv;
+mod lease;
 mod maintenance;
+mod stream;
 mod txn;
+mod watch;
 
 pub use client::{Client, ConnectOptions};
 pub use cluster::Cluster;
 pub use error::Error;
 pub use kv::{DeleteOptions, GetOptions, Kv, PutOptions, SortOrder, SortTarget, prefix_range_end};
+pub use lease::{KeepAlive, Lease, LeaseLoss};
 pub use maintenance::Maintenance;
 pub use txn::{Compare, CompareOp, Txn, TxnOp};
+pub use watch::{Watch, WatchMessage, WatchOptions, WatchStream};
 
 /// The generated protobuf types, re-exported so users need not depend on `conclave-proto`.
 pub use conclave_proto::{etcdserverpb as proto, mvccpb};
