@@ -38,6 +38,11 @@ VAL_SIZE=256
 KEY_SPACE=100000
 LOAD_CLIENTS=256
 LOAD_CONNS=16
+WATCHERS=1000
+WATCH_WRITES=1000
+WATCH_RATE=200
+KEEPALIVE_CLIENTS=64
+KEEPALIVE_TOTAL=50000
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -194,13 +199,13 @@ median() {
         if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-declare -A RPS P50 P99 ERRS
+declare -A RPS P50 P99 ERRS MEM
 
 # run_scenario SYSTEM NAME BENCH-ARGS...: RUNS runs, medians into RPS/P50/P99[SYSTEM.NAME].
 run_scenario() {
     local system="$1" name="$2" r rc f errs=0 codes=""
     shift 2
-    local rps_list="" p50_list="" p99_list=""
+    local rps_list="" p50_list="" p99_list="" mem_list=""
     for ((r = 1; r <= RUNS; r++)); do
         f="$WORK/$system/$name.$r.json"
         rc=0
@@ -212,6 +217,9 @@ run_scenario() {
         p99=$(json_num "$f" p99_ms)
         e=$(json_num "$f" errors)
         errs=$((errs + e))
+        local mem
+        mem=$(json_num "$f" bytes_per_watcher)
+        [[ -n "$mem" ]] && mem_list+="$mem"$'\n'
         if [[ "$e" != 0 ]]; then
             codes+=" $(sed -n 's/.*"error_codes":{\([^}]*\)}.*/\1/p' "$f")"
         fi
@@ -225,14 +233,19 @@ run_scenario() {
     P50[$system.$name]=$(printf '%s' "$p50_list" | median)
     P99[$system.$name]=$(printf '%s' "$p99_list" | median)
     ERRS[$system.$name]="$errs${codes:+ (${codes# })}"
+    if [[ -n "$mem_list" ]]; then
+        MEM[$system.$name]=$(printf '%s' "$mem_list" | median)
+    fi
 }
 
-SCENARIOS=(put-1 put-256 range-l range-s)
+SCENARIOS=(put-1 put-256 range-l range-s watch keepalive)
 declare -A DESC=(
     [put-1]="a. put, 1 client, 1 conn, leader, ${LATENCY_TOTAL} req"
     [put-256]="b. put, ${LOAD_CLIENTS} clients, ${LOAD_CONNS} conns, ${LOAD_TOTAL} req"
     [range-l]="c. range linearizable, ${LOAD_CLIENTS} clients, ${LOAD_CONNS} conns, ${LOAD_TOTAL} req"
     [range-s]="d. range serializable, ${LOAD_CLIENTS} clients, ${LOAD_CONNS} conns, ${LOAD_TOTAL} req"
+    [watch]="e. watch fan-out: ${WATCHERS} watchers on 10 streams over 3 members, ${WATCH_WRITES} puts at ${WATCH_RATE}/s; events/s and put-to-event latency"
+    [keepalive]="f. lease keep-alive, ${KEEPALIVE_CLIENTS} leases/streams, ${KEEPALIVE_TOTAL} renewals"
 )
 
 bench_system() {
@@ -250,6 +263,12 @@ bench_system() {
         --total "$LOAD_TOTAL" --consistency l range compare-range-key
     run_scenario "$system" range-s "${common[@]}" --conns "$LOAD_CONNS" --clients "$LOAD_CLIENTS" \
         --total "$LOAD_TOTAL" --consistency s range compare-range-key
+    local pids
+    pids=$(IFS=,; echo "${PIDS[*]}")
+    run_scenario "$system" watch "${common[@]}" --conns 3 --total "$WATCH_WRITES" --rate "$WATCH_RATE" \
+        watch-latency --watchers "$WATCHERS" --streams 10 --rss-pids "$pids"
+    run_scenario "$system" keepalive "${common[@]}" --conns "$LOAD_CONNS" --clients "$KEEPALIVE_CLIENTS" \
+        --total "$KEEPALIVE_TOTAL" lease-keepalive
     stop_cluster
     rm -rf "${WORK:?}/$system"/n*.data
 }
@@ -279,6 +298,8 @@ cell_ratio() {
     for s in "${SCENARIOS[@]}"; do
         echo "| ${DESC[$s]} | $(cell_rps etcd "$s") | $(cell_rps conclave "$s") | $(cell_ratio "$s") | $(cell_lat etcd "$s") | $(cell_lat conclave "$s") |"
     done
+    echo
+    echo "Server memory per watcher (scenario e, resident set of the 3 members before vs. after the watches were created): etcd $(printf '%s' "${MEM[etcd.watch]:-pending}") B, conclave $(printf '%s' "${MEM[conclave.watch]:-pending}") B."
     any=""
     for k in "${!ERRS[@]}"; do
         if [[ "${ERRS[$k]}" != 0 ]]; then

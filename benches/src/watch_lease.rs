@@ -81,11 +81,8 @@ pub async fn watch_latency(
         let count = watchers / streams + usize::from(s < watchers % streams);
         let ch = channels[s % channels.len()].clone();
         let (req_tx, req_rx) = mpsc::channel(count.max(1));
-        let mut responses = WatchClient::new(ch)
-            .watch(tokio_stream::wrappers::ReceiverStream::new(req_rx))
-            .await
-            .context("opening a watch stream")?
-            .into_inner();
+        // Queue the creates before opening the stream: etcd sends its response headers only with
+        // the first response, so waiting for the stream first would wait forever.
         for _ in 0..count {
             req_tx
                 .send(WatchRequest {
@@ -98,6 +95,11 @@ pub async fn watch_latency(
                 .await
                 .context("creating a watch")?;
         }
+        let mut responses = WatchClient::new(ch)
+            .watch(tokio_stream::wrappers::ReceiverStream::new(req_rx))
+            .await
+            .context("opening a watch stream")?
+            .into_inner();
         let lat_tx = lat_tx.clone();
         let ready_tx = ready_tx.clone();
         holders.push(req_tx);
@@ -203,23 +205,32 @@ pub async fn lease_keepalive(
             .into_inner()
             .id;
         leases.push(id);
-        let (tx, rx) = mpsc::channel(1);
-        let answers = lease
-            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .context("opening a keep-alive stream")?
-            .into_inner();
-        streams.push((id, tx, answers));
+        streams.push((id, lease));
     }
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (id, tx, mut answers) in streams {
+    for (id, mut lease) in streams {
         let next = next.clone();
         tasks.push(tokio::spawn(async move {
             let mut stats = Stats::new()?;
+            let (tx, rx) = mpsc::channel(1);
+            let mut rx = Some(rx);
+            let mut answers = None;
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let started = std::time::Instant::now();
                 tx.send(LeaseKeepAliveRequest { id }).await?;
+                // Opened after the first request is queued: etcd answers headers with data.
+                let answers = match &mut answers {
+                    Some(a) => a,
+                    None => answers.insert(
+                        lease
+                            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(
+                                rx.take().context("keep-alive stream opened twice")?,
+                            ))
+                            .await?
+                            .into_inner(),
+                    ),
+                };
                 match tokio::time::timeout(timeout, answers.message()).await {
                     Ok(Ok(Some(r))) if r.ttl > 0 => stats.record_ok(started.elapsed()),
                     Ok(Ok(Some(_))) => stats.record_err(&tonic::Status::not_found("lease expired")),

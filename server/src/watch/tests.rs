@@ -279,3 +279,22 @@ async fn a_stream_that_never_reads_is_ended_with_a_reason() {
     assert_eq!(h.hub.watcher_count(), 0);
     drop(rx.try_recv());
 }
+
+#[test]
+fn progress_notify_reaches_synced_watches_that_asked_for_it() {
+    let h = Hub::new();
+    let r = h.write(&[("k", Some("1"))]);
+    let (s, tx, mut rx) = h.stream(16);
+    let mut notified = prefix("k");
+    notified.progress_notify = true;
+    h.watch(s, &tx, 1, notified.clone(), 0);
+    h.watch(s, &tx, 2, prefix("k"), 0);
+    h.watch(s, &tx, 3, notified, r);
+    drain(&mut rx);
+    h.hub.housekeeping(Instant::now(), true);
+    let got = drain(&mut rx);
+    assert_eq!(got.len(), 1, "only the synced watch that asked: {got:?}");
+    assert_eq!(got[0].watch_id, 1);
+    assert!(got[0].events.is_empty());
+    assert_eq!(got[0].header.unwrap().revision, r);
+}

@@ -252,3 +252,67 @@ async fn leases_survive_a_full_restart() {
     assert_eq!(t.keys, vec![b"durable".to_vec()]);
     assert!(exists(&mut KvClient::new(ch), "durable").await);
 }
+
+/// Many leases expiring at once are revoked in batches while writes keep flowing: every lease and
+/// its key goes, and no write fails meanwhile.
+#[tokio::test]
+async fn mass_expiry_proceeds_in_batches_while_writes_continue() {
+    let c = three_members().start().await.unwrap();
+    let ch = channel(&c, 0).await;
+    let mut lease = LeaseClient::new(ch.clone());
+    let mut kv = KvClient::new(ch.clone());
+    const LEASES: usize = 600;
+    for n in 0..LEASES {
+        let id = grant(&mut lease, 1).await;
+        put_leased(&mut kv, &format!("mass/{n:05}"), id).await;
+    }
+    let writer = tokio::spawn(async move {
+        let mut kv = KvClient::new(ch);
+        let mut slowest = Duration::ZERO;
+        for n in 0..200 {
+            let started = std::time::Instant::now();
+            kv.put(PutRequest {
+                key: format!("steady/{n}").into_bytes(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("writes succeed during mass expiry");
+            slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        slowest
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = kv
+            .range(RangeRequest {
+                key: b"mass/".to_vec(),
+                range_end: b"mass0".to_vec(),
+                count_only: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .count;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} leased keys still there after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let slowest = writer.await.unwrap();
+    println!("{LEASES} leases expired; slowest concurrent put took {slowest:?}");
+    let listed = lease
+        .lease_leases(conclave_proto::etcdserverpb::LeaseLeasesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .leases
+        .len();
+    assert_eq!(listed, 0);
+}
