@@ -66,5 +66,138 @@ async fn put_get_del_compaction_and_errors() {
     let members = stdout(&kvctl(ep, &["member", "list"]));
     assert!(members.contains(", started, n1, "), "{members}");
     let status = stdout(&kvctl(ep, &["endpoint", "status"]));
-    assert!(status.contains("leader=true"), "{status}");
+    // etcdctl's line: endpoint, id, version, db size, is leader, is learner, term, index, applied
+    assert!(status.contains(", true, false, "), "{status}");
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout(o)
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_str(ok(o).trim()).expect("one JSON document")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn txn_lease_watch_endpoint_and_output_formats() {
+    let bin = locate_binary().expect("the conclave binary is built (cargo test --workspace)");
+    let c = Cluster::start(&bin, 1).await.unwrap();
+    let ep = c.client_endpoint(0);
+    let ep = ep.as_str();
+
+    // json mirrors the protobuf message: snake_case, base64 bytes, zero fields omitted.
+    let put = json(&kvctl(ep, &["put", "k", "v1", "-w", "json"]));
+    assert!(put["header"]["revision"].as_i64().unwrap() > 1);
+    let get = json(&kvctl(ep, &["get", "k", "-w", "json"]));
+    assert_eq!(get["kvs"][0]["key"], "aw==");
+    assert_eq!(get["kvs"][0]["value"], "djE=");
+    assert_eq!(get["count"], 1);
+    assert!(get["kvs"][0].get("lease").is_none(), "{get}");
+    let table = ok(&kvctl(ep, &["get", "k", "-w", "table"]));
+    assert!(
+        table.contains("| KEY |") && table.contains("|   k |"),
+        "{table}"
+    );
+    assert_eq!(ok(&kvctl(ep, &["get", "k", "--count-only"])), "1\n");
+
+    // txn in etcdctl's format, from a file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("txn.txt");
+    std::fs::write(
+        &file,
+        "value(\"k\") = \"v1\"\n\nput k \"v 2\"\nget k\n\nput k never\n",
+    )
+    .unwrap();
+    let out = ok(&kvctl(ep, &["txn", "--file", file.to_str().unwrap()]));
+    assert_eq!(out, "SUCCESS\n\nOK\n\nk\nv 2\n");
+    let again = ok(&kvctl(ep, &["txn", "--file", file.to_str().unwrap()]));
+    assert_eq!(again, "FAILURE\n\nOK\n");
+    std::fs::write(&file, "bogus(\"k\") = 1\n\n").unwrap();
+    let bad = kvctl(ep, &["txn", "--file", file.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2));
+
+    // leases
+    let granted = ok(&kvctl(ep, &["lease", "grant", "60"]));
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease <id> granted")
+        .to_string();
+    assert!(granted.ends_with("granted with TTL(60s)\n"), "{granted}");
+    ok(&kvctl(ep, &["put", "leased", "x", "--lease", &id]));
+    let ttl = ok(&kvctl(ep, &["lease", "timetolive", &id, "--keys"]));
+    assert!(ttl.contains("attached keys([leased])"), "{ttl}");
+    let listed = ok(&kvctl(ep, &["lease", "list"]));
+    assert!(
+        listed.starts_with("found 1 leases\n") && listed.contains(&id),
+        "{listed}"
+    );
+    let kept = ok(&kvctl(ep, &["lease", "keep-alive", "--once", &id]));
+    assert_eq!(kept, format!("lease {id} keepalived with TTL(60)\n"));
+    let ttl_table = ok(&kvctl(ep, &["lease", "timetolive", &id, "-w", "table"]));
+    assert!(
+        ttl_table.contains(" 1m0s |"),
+        "human durations: {ttl_table}"
+    );
+    assert_eq!(
+        ok(&kvctl(ep, &["lease", "revoke", &id])),
+        format!("lease {id} revoked\n")
+    );
+    assert_eq!(ok(&kvctl(ep, &["get", "leased", "--count-only"])), "0\n");
+    let gone = kvctl(ep, &["lease", "revoke", &id]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("requested lease not found"));
+    let lost = kvctl(ep, &["lease", "keep-alive", &id]);
+    assert_eq!(lost.status.code(), Some(4));
+    let bad_id = kvctl(ep, &["lease", "revoke", "not-hex"]);
+    assert_eq!(bad_id.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&bad_id.stderr).lines().count(), 1);
+
+    // watch runs until interrupted; events in etcdctl's lines.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["--endpoints", ep, "watch", "w/", "--prefix", "--prev-kv"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(out)
+            .lines()
+            .take(6)
+            .map(|l| l.unwrap())
+            .collect::<Vec<_>>()
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    ok(&kvctl(ep, &["put", "w/a", "1"]));
+    ok(&kvctl(ep, &["del", "w/a"]));
+    let lines = reader.join().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    // DELETE prints the previous key-value (--prev-kv), then the tombstone's key and empty value.
+    assert_eq!(lines, ["PUT", "w/a", "1", "DELETE", "w/a", "1"]);
+
+    // endpoints, members, completion
+    let health = ok(&kvctl(ep, &["endpoint", "health"]));
+    assert!(
+        health.contains("is healthy: successfully committed proposal"),
+        "{health}"
+    );
+    let status = json(&kvctl(ep, &["endpoint", "status", "-w", "json"]));
+    assert_eq!(status[0]["Endpoint"].as_str().unwrap(), ep);
+    let members = ok(&kvctl(ep, &["member", "list", "-w", "table"]));
+    assert!(members.contains("| IS LEARNER |"), "{members}");
+    let completion = ok(&kvctl(ep, &["completion", "bash"]));
+    assert!(completion.contains("kvctl"), "completion script");
+    let down = kvctl(
+        "127.0.0.1:1",
+        &["--dial-timeout", "0.5", "endpoint", "health"],
+    );
+    assert_eq!(down.status.code(), Some(1));
 }

@@ -1,0 +1,243 @@
+//! Cluster commands: `member list`, `endpoint health`, `endpoint status`, `move-leader` — with
+//! etcdctl's simple lines, JSON and tables. Endpoint commands ask each endpoint on its own.
+
+use std::time::{Duration, Instant};
+
+use conclave_client::{Client, ConnectOptions, GetOptions};
+use serde_json::{Value, json};
+
+use crate::output::{self, Obj, emit};
+use crate::{Ctx, Failure};
+
+#[derive(clap::Subcommand)]
+pub enum MemberCommand {
+    /// Lists members.
+    List,
+}
+
+#[derive(clap::Subcommand)]
+pub enum EndpointCommand {
+    /// Checks that each endpoint serves a linearizable read.
+    Health,
+    /// Status of each endpoint.
+    Status,
+}
+
+pub async fn member(ctx: &Ctx, cmd: MemberCommand) -> Result<(), Failure> {
+    match cmd {
+        MemberCommand::List => {
+            let r = ctx.client.cluster().member_list().await?;
+            let lines = r
+                .members
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{:x}, started, {}, {}, {}, {}",
+                        m.id,
+                        m.name,
+                        m.peer_ur_ls.join(","),
+                        m.client_ur_ls.join(","),
+                        m.is_learner
+                    )
+                })
+                .collect();
+            let members: Vec<Value> = r
+                .members
+                .iter()
+                .map(|m| {
+                    Obj::new()
+                        .uint("ID", m.id)
+                        .str("name", &m.name)
+                        .value("peerURLs", json!(m.peer_ur_ls))
+                        .value("clientURLs", json!(m.client_ur_ls))
+                        .bool("isLearner", m.is_learner)
+                        .build()
+                })
+                .collect();
+            let json = Obj::new()
+                .value("header", output::header(&r.header))
+                .value("members", Value::Array(members))
+                .build();
+            let rows: Vec<Vec<String>> = r
+                .members
+                .iter()
+                .map(|m| {
+                    vec![
+                        format!("{:x}", m.id),
+                        "started".into(),
+                        m.name.clone(),
+                        m.peer_ur_ls.join(","),
+                        m.client_ur_ls.join(","),
+                        m.is_learner.to_string(),
+                    ]
+                })
+                .collect();
+            let table = output::table(
+                &[
+                    "ID",
+                    "STATUS",
+                    "NAME",
+                    "PEER ADDRS",
+                    "CLIENT ADDRS",
+                    "IS LEARNER",
+                ],
+                &rows,
+            );
+            emit(ctx.format, lines, json, Some(table));
+        }
+    }
+    Ok(())
+}
+
+/// A client bound to one endpoint, without failover: the answer is that endpoint's.
+async fn single(ctx: &Ctx, endpoint: &str) -> Result<Client, conclave_client::Error> {
+    let o: ConnectOptions = ctx.client.options().clone().with_max_attempts(1);
+    Client::connect([endpoint], o).await
+}
+
+pub async fn endpoint(ctx: &Ctx, cmd: EndpointCommand) -> Result<(), Failure> {
+    match cmd {
+        EndpointCommand::Health => health(ctx).await,
+        EndpointCommand::Status => status(ctx).await,
+    }
+}
+
+async fn health(ctx: &Ctx) -> Result<(), Failure> {
+    let mut lines = Vec::new();
+    let mut json = Vec::new();
+    let mut rows = Vec::new();
+    let mut unhealthy = 0;
+    for ep in ctx.client.endpoints() {
+        let started = Instant::now();
+        let outcome = match single(ctx, &ep).await {
+            Ok(c) => c.kv().get("health", GetOptions::new()).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        let took = started.elapsed();
+        match outcome {
+            Ok(()) => {
+                lines.push(format!(
+                    "{ep} is healthy: successfully committed proposal: took = {took:?}"
+                ));
+                json.push(json!({"endpoint": ep, "health": true, "took": format!("{took:?}")}));
+                rows.push(vec![
+                    ep.clone(),
+                    "true".into(),
+                    format!("{took:?}"),
+                    String::new(),
+                ]);
+            }
+            Err(e) => {
+                unhealthy += 1;
+                lines.push(format!("{ep} is unhealthy: failed to commit proposal: {e}"));
+                json.push(json!({"endpoint": ep, "health": false, "took": format!("{took:?}"), "error": e.to_string()}));
+                rows.push(vec![
+                    ep.clone(),
+                    "false".into(),
+                    format!("{took:?}"),
+                    e.to_string(),
+                ]);
+            }
+        }
+    }
+    let table = output::table(&["ENDPOINT", "HEALTH", "TOOK", "ERROR"], &rows);
+    emit(ctx.format, lines, Value::Array(json), Some(table));
+    if unhealthy > 0 {
+        return Err(Failure {
+            message: "unhealthy cluster".into(),
+            code: 1,
+        });
+    }
+    Ok(())
+}
+
+async fn status(ctx: &Ctx) -> Result<(), Failure> {
+    let mut lines = Vec::new();
+    let mut json = Vec::new();
+    let mut rows = Vec::new();
+    let mut failed = None;
+    for ep in ctx.client.endpoints() {
+        let s = match ctx.client.maintenance().status_on(&ep).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("Failed to get the status of endpoint {ep} ({e})");
+                failed = Some(e);
+                continue;
+            }
+        };
+        let member = s.header.map(|h| h.member_id).unwrap_or_default();
+        let errors = s.errors.join(", ");
+        lines.push(format!(
+            "{ep}, {member:x}, {}, {}, {}, {}, {}, {}, {}, {errors}",
+            s.version,
+            output::human_size(s.db_size),
+            member == s.leader,
+            s.is_learner,
+            s.raft_term,
+            s.raft_index,
+            s.raft_applied_index
+        ));
+        let st = Obj::new()
+            .value("header", output::header(&s.header))
+            .str("version", &s.version)
+            .int("dbSize", s.db_size)
+            .uint("leader", s.leader)
+            .uint("raftIndex", s.raft_index)
+            .uint("raftTerm", s.raft_term)
+            .uint("raftAppliedIndex", s.raft_applied_index)
+            .int("dbSizeInUse", s.db_size_in_use)
+            .bool("isLearner", s.is_learner)
+            .value("errors", json!(s.errors))
+            .build();
+        json.push(json!({"Endpoint": ep, "Status": st}));
+        rows.push(vec![
+            ep.clone(),
+            format!("{member:x}"),
+            s.version.clone(),
+            output::human_size(s.db_size),
+            (member == s.leader).to_string(),
+            s.is_learner.to_string(),
+            s.raft_term.to_string(),
+            s.raft_index.to_string(),
+            s.raft_applied_index.to_string(),
+            errors,
+        ]);
+    }
+    let table = output::table(
+        &[
+            "ENDPOINT",
+            "ID",
+            "VERSION",
+            "DB SIZE",
+            "IS LEADER",
+            "IS LEARNER",
+            "RAFT TERM",
+            "RAFT INDEX",
+            "RAFT APPLIED INDEX",
+            "ERRORS",
+        ],
+        &rows,
+    );
+    emit(ctx.format, lines, Value::Array(json), Some(table));
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+pub async fn move_leader(ctx: &Ctx, target: &str) -> Result<(), Failure> {
+    let id = u64::from_str_radix(target, 16)
+        .map_err(|e| Failure::usage(format!("bad member id {target:?}: {e}")))?;
+    let started = Instant::now();
+    let r = ctx.client.maintenance().move_leader(id).await?;
+    let took: Duration = started.elapsed();
+    emit(
+        ctx.format,
+        vec![format!("Leadership transferred to {id:x} (took {took:?})")],
+        Obj::new()
+            .value("header", output::header(&r.header))
+            .build(),
+        None,
+    );
+    Ok(())
+}
