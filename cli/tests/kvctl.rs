@@ -201,3 +201,58 @@ async fn txn_lease_watch_endpoint_and_output_formats() {
     );
     assert_eq!(down.status.code(), Some(1));
 }
+
+/// Every command in every output format: exit 0, json parses, table is a table (or the command's
+/// simple lines where it has no table, as etcdctl).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_in_every_format() {
+    let bin = locate_binary().expect("the conclave binary is built (cargo test --workspace)");
+    let c = Cluster::start(&bin, 1).await.unwrap();
+    let ep = c.client_endpoint(0);
+    let ep = ep.as_str();
+    let granted = ok(&kvctl(ep, &["lease", "grant", "100"]));
+    let id = granted.split_whitespace().nth(1).unwrap().to_string();
+    let tables = [
+        vec!["get", "f/", "--prefix"],
+        vec!["lease", "timetolive", id.as_str()],
+        vec!["lease", "list"],
+        vec!["member", "list"],
+        vec!["endpoint", "status"],
+        vec!["endpoint", "health"],
+    ];
+    let simple_only = [
+        vec!["put", "f/a", "1"],
+        vec!["put", "f/b", "2", "--prev-kv"],
+        vec!["del", "f/b", "--prev-kv"],
+        vec!["lease", "keep-alive", "--once", id.as_str()],
+    ];
+    for (args, has_table) in simple_only
+        .iter()
+        .map(|a| (a, false))
+        .chain(tables.iter().map(|a| (a, true)))
+    {
+        for format in ["simple", "json", "table"] {
+            let mut full = args.clone();
+            full.extend(["-w", format]);
+            let out = ok(&kvctl(ep, &full));
+            match format {
+                "json" => {
+                    let v: Result<serde_json::Value, _> = serde_json::from_str(out.trim());
+                    assert!(v.is_ok(), "{full:?}: not JSON: {out}");
+                }
+                "table" if has_table => {
+                    assert!(
+                        out.starts_with("+-") && out.contains("\n|"),
+                        "{full:?}: {out}"
+                    );
+                }
+                _ => assert!(!out.is_empty() || args[0] == "get", "{full:?}: empty"),
+            }
+        }
+    }
+    // Compaction can only move forward: one revision per format.
+    for (rev, format) in ["2", "3", "4"].into_iter().zip(["simple", "json", "table"]) {
+        let out = ok(&kvctl(ep, &["compaction", rev, "-w", format]));
+        assert!(!out.is_empty(), "compaction -w {format}");
+    }
+}
