@@ -40,17 +40,18 @@ pub async fn run(
     settings: DutySettings,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut status = node.status_watch();
+    // Only leadership changes wake the duties, not every commit.
+    let mut leadership = node.leadership_watch();
     let mut ticker = tokio::time::interval(DUTY_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let per_tick = (REVOKES_PER_SECOND as u128 * DUTY_TICK.as_millis() / 1000).max(1) as usize;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            changed = status.changed() => if changed.is_err() { return },
+            changed = leadership.changed() => if changed.is_err() { return },
             _ = stop.changed() => return,
         }
-        let leading = status.borrow_and_update().is_leader;
+        let leading = *leadership.borrow_and_update();
         let now = Instant::now();
         if leading != lessor.is_primary() {
             if leading {

@@ -72,6 +72,7 @@ pub struct Node {
     transfers: mpsc::Sender<u64>,
     waiters: Arc<Waiters>,
     status: watch::Receiver<RaftStatus>,
+    leading: watch::Receiver<bool>,
     applied: watch::Receiver<u64>,
     next_request_id: AtomicU64,
     request_timeout: Duration,
@@ -83,9 +84,10 @@ impl Node {
         self.status.borrow().clone()
     }
 
-    /// A receiver that sees every status change.
-    pub fn status_watch(&self) -> watch::Receiver<RaftStatus> {
-        self.status.clone()
+    /// A receiver that sees only changes of "this member leads" (status changes with every commit;
+    /// this does not).
+    pub fn leadership_watch(&self) -> watch::Receiver<bool> {
+        self.leading.clone()
     }
 
     /// Index of the last entry applied to the state machine.
@@ -266,6 +268,7 @@ pub fn create(
     let (unreachable_tx, unreachable_rx) = mpsc::channel(64);
     let (transfers_tx, transfers_rx) = mpsc::channel(8);
     let (status_tx, status_rx) = watch::channel(RaftStatus::default());
+    let (leading_tx, leading_rx) = watch::channel(false);
     let transport = Transport::start(
         runtime,
         parts.cluster_id,
@@ -282,6 +285,7 @@ pub fn create(
         transfers: transfers_tx,
         waiters: parts.waiters.clone(),
         status: status_rx,
+        leading: leading_rx,
         applied: parts.applied.clone(),
         // Unique across restarts: results of an old incarnation's proposals never reach new waiters.
         next_request_id: AtomicU64::new(rand::random::<u64>() >> 1),
@@ -300,6 +304,7 @@ pub fn create(
         apply: parts.apply,
         waiters: parts.waiters,
         status: status_tx,
+        leading: leading_tx,
         applied: parts.applied,
         reads_batch: ReadIndexBatch::default(),
     };
@@ -320,6 +325,7 @@ pub struct Driver {
     apply: mpsc::Sender<ApplyBatch>,
     waiters: Arc<Waiters>,
     status: watch::Sender<RaftStatus>,
+    leading: watch::Sender<bool>,
     applied: watch::Receiver<u64>,
     reads_batch: ReadIndexBatch,
 }
@@ -451,6 +457,11 @@ impl Driver {
             last_index: raft.raft_log.last_index(),
             is_leader: raft.state == StateRole::Leader,
         };
+        self.leading.send_if_modified(|l| {
+            let changed = *l != next.is_leader;
+            *l = next.is_leader;
+            changed
+        });
         self.status.send_if_modified(|s| {
             if *s != next {
                 *s = next;
