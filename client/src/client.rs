@@ -16,6 +16,7 @@ use crate::error::{Disposition, Error, classify, deadline_expired_locally};
 use crate::kv::Kv;
 use crate::lease::Lease;
 use crate::maintenance::Maintenance;
+use crate::session::{Session, SessionOptions};
 use crate::watch::Watch;
 
 /// Largest response accepted, as etcd's client does (`math.MaxInt32`).
@@ -226,6 +227,28 @@ impl Client {
     /// Connections are established lazily, on first use, so this succeeds even if no member is up
     /// yet; it fails only on an empty or malformed endpoint list. Must be called within a tokio
     /// runtime.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), conclave_client::Error> {
+    /// use std::time::Duration;
+    ///
+    /// use conclave_client::{Client, ConnectOptions};
+    ///
+    /// let options = ConnectOptions::new()
+    ///     .with_dial_timeout(Duration::from_secs(1))
+    ///     .with_request_timeout(Duration::from_secs(3));
+    /// let client = Client::connect(
+    ///     ["10.0.0.1:2379", "10.0.0.2:2379", "10.0.0.3:2379"],
+    ///     options,
+    /// )
+    /// .await?;
+    /// let status = client.maintenance().status().await?;
+    /// println!("{} answered: leader {:x}", client.current_endpoint(), status.leader);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn connect(
         endpoints: impl IntoIterator<Item = impl AsRef<str>>,
         options: ConnectOptions,
@@ -291,6 +314,13 @@ impl Client {
     /// Leases: grant, revoke, time-to-live, list, and keep-alive.
     pub fn lease(&self) -> Lease {
         Lease::new(self.clone())
+    }
+
+    /// Starts a [`Session`]: a new lease of `ttl_secs` seconds kept alive in the background until
+    /// the session is closed or dropped. Shorthand for
+    /// `Session::new(self, SessionOptions::new(ttl_secs))`.
+    pub async fn session(&self, ttl_secs: i64) -> Result<Session, Error> {
+        Session::new(self, SessionOptions::new(ttl_secs)).await
     }
 
     /// The channel of the current endpoint, for services this crate does not wrap yet.

@@ -10,6 +10,7 @@ use conclave_proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, TxnResponse,
 };
 
+/// How a Range sorts its result ([`GetOptions::with_sort`]): the generated etcd enums.
 pub use conclave_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 
 use crate::client::{Client, MAX_RESPONSE_BYTES, Retry};
@@ -304,6 +305,26 @@ impl Kv {
 
     /// Range: reads `key` (or the range the options select). Retried on other endpoints when a
     /// member is unavailable.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), conclave_client::Error> {
+    /// # let client = conclave_client::Client::connect(
+    /// #     ["127.0.0.1:2379"],
+    /// #     conclave_client::ConnectOptions::new(),
+    /// # )
+    /// # .await?;
+    /// use conclave_client::GetOptions;
+    ///
+    /// // Every key under "config/", read linearizably.
+    /// let response = client.kv().get("config/", GetOptions::new().with_prefix()).await?;
+    /// for kv in &response.kvs {
+    ///     println!("{} = {}", String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn get(
         &self,
         key: impl Into<Vec<u8>>,
@@ -323,6 +344,27 @@ impl Kv {
 
     /// Put: sets `key` to `value`. Not retried once sent: a lost connection or deadline gives
     /// [`Error::Unknown`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), conclave_client::Error> {
+    /// # let client = conclave_client::Client::connect(
+    /// #     ["127.0.0.1:2379"],
+    /// #     conclave_client::ConnectOptions::new(),
+    /// # )
+    /// # .await?;
+    /// use conclave_client::PutOptions;
+    ///
+    /// match client.kv().put("config/mode", "active", PutOptions::new()).await {
+    ///     Ok(response) => println!("written at {:?}", response.header.map(|h| h.revision)),
+    ///     // The put may or may not have been applied: read before deciding what to do.
+    ///     Err(err) if err.is_unknown_outcome() => eprintln!("outcome unknown: {err}"),
+    ///     Err(err) => return Err(err),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn put(
         &self,
         key: impl Into<Vec<u8>>,
@@ -340,6 +382,26 @@ impl Kv {
     }
 
     /// DeleteRange: deletes `key` (or the range the options select). Not retried once sent.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), conclave_client::Error> {
+    /// # let client = conclave_client::Client::connect(
+    /// #     ["127.0.0.1:2379"],
+    /// #     conclave_client::ConnectOptions::new(),
+    /// # )
+    /// # .await?;
+    /// use conclave_client::DeleteOptions;
+    ///
+    /// let response = client
+    ///     .kv()
+    ///     .delete("jobs/done/", DeleteOptions::new().with_prefix().with_prev_kv())
+    ///     .await?;
+    /// println!("deleted {} keys", response.deleted);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn delete(
         &self,
         key: impl Into<Vec<u8>>,
@@ -357,6 +419,28 @@ impl Kv {
 
     /// Txn: runs a transaction. A transaction whose branches only read is retried like a Range;
     /// one that may write is not retried once sent.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), conclave_client::Error> {
+    /// # let client = conclave_client::Client::connect(
+    /// #     ["127.0.0.1:2379"],
+    /// #     conclave_client::ConnectOptions::new(),
+    /// # )
+    /// # .await?;
+    /// use conclave_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+    ///
+    /// // Compare-and-swap: replace the value only if nobody changed it since revision 42.
+    /// let txn = Txn::new()
+    ///     .when([Compare::mod_revision("config/mode", CompareOp::Equal, 42)])
+    ///     .and_then([TxnOp::put("config/mode", "standby", PutOptions::new())])
+    ///     .or_else([TxnOp::get("config/mode", GetOptions::new())]);
+    /// let response = client.kv().txn(txn).await?;
+    /// println!("swapped: {}", response.succeeded);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, Error> {
         let retry = if txn.is_read_only() {
             Retry::Safe

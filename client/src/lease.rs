@@ -52,6 +52,27 @@ impl Lease {
     /// LeaseGrant: creates a lease of `ttl_secs` seconds, with ID `id` or (with `None`) one the
     /// server picks. The granted TTL (`ttl` in the answer) may be longer than asked. Not retried
     /// once sent.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), conclave_client::Error> {
+    /// # let client = conclave_client::Client::connect(
+    /// #     ["127.0.0.1:2379"],
+    /// #     conclave_client::ConnectOptions::new(),
+    /// # )
+    /// # .await?;
+    /// use conclave_client::PutOptions;
+    ///
+    /// // A key that disappears 10 s after the lease stops being renewed.
+    /// let lease = client.lease().grant(10, None).await?;
+    /// client
+    ///     .kv()
+    ///     .put("workers/w1", "up", PutOptions::new().with_lease(lease.id))
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn grant(&self, ttl_secs: i64, id: Option<i64>) -> Result<LeaseGrantResponse, Error> {
         let request = LeaseGrantRequest {
             ttl: ttl_secs,
@@ -112,6 +133,25 @@ impl Lease {
     /// over like a read within the client's request timeout), so [`KeepAlive::ttl`] and
     /// [`KeepAlive::deadline`] are known; a lease that does not exist gives
     /// [`Error::LeaseNotFound`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), conclave_client::Error> {
+    /// # let client = conclave_client::Client::connect(
+    /// #     ["127.0.0.1:2379"],
+    /// #     conclave_client::ConnectOptions::new(),
+    /// # )
+    /// # .await?;
+    /// let lease = client.lease();
+    /// let id = lease.grant(10, None).await?.id;
+    /// let keep_alive = lease.keep_alive(id).await?;
+    /// // Resolves only once the lease is gone (revoked elsewhere, or not renewed in time).
+    /// let loss = keep_alive.lost().await;
+    /// eprintln!("lease {id:x} lost: {loss:?}");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn keep_alive(&self, id: i64) -> Result<KeepAlive, Error> {
         let options = self.client.options();
         let timeout = options.request_timeout();

@@ -203,6 +203,33 @@ impl Watch {
     /// request timeout: [`Error::Unavailable`] or [`Error::Timeout`] when no member accepted it.
     /// A start revision that is already compacted gives [`Error::WatchCompacted`] here or as the
     /// stream's first item (depending on when the server reports it).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), conclave_client::Error> {
+    /// # let client = conclave_client::Client::connect(
+    /// #     ["127.0.0.1:2379"],
+    /// #     conclave_client::ConnectOptions::new(),
+    /// # )
+    /// # .await?;
+    /// use conclave_client::{WatchMessage, WatchOptions};
+    ///
+    /// let options = WatchOptions::new().with_prefix().with_prev_kv();
+    /// let mut stream = client.watch().watch("config/", options).await?;
+    /// while let Some(message) = stream.next().await {
+    ///     match message? {
+    ///         WatchMessage::Events { events, .. } => {
+    ///             for event in events {
+    ///                 println!("{event:?}");
+    ///             }
+    ///         }
+    ///         WatchMessage::Progress { revision } => println!("complete through {revision}"),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn watch(
         &self,
         key: impl Into<Vec<u8>>,
