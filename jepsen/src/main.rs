@@ -1,0 +1,167 @@
+//! `conclave-jepsen`: runs a workload against a real cluster under faults, records the history,
+//! checks it, and writes `store/<workload>-<unix time>/{history.jsonl,results.json}`. Exit status:
+//! 0 when the checker says valid, 1 when it found an anomaly, 2 when it could not decide (search
+//! budget) or the run could not start. The last line printed is a one-line summary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use conclave_jepsen::history::{Recorder, write_jsonl};
+use conclave_jepsen::nemesis::{self, Fault};
+use conclave_jepsen::{linearizable, register};
+use conclave_testkit::{Cluster, locate_binary};
+
+#[derive(Parser)]
+#[command(
+    name = "conclave-jepsen",
+    version,
+    about = "Fault-injection and linearizability harness"
+)]
+struct Cli {
+    /// Workload: register (read / write / compare-and-set per key).
+    #[arg(long, default_value = "register")]
+    workload: String,
+    /// Faults, comma separated: kill, kill-leader, pause, pause-leader (empty: none).
+    #[arg(long, default_value = "kill,pause", value_delimiter = ',')]
+    nemesis: Vec<String>,
+    /// Seconds between a fault and its heal, and between heal and the next fault.
+    #[arg(long, default_value_t = 3)]
+    interval: u64,
+    /// Length of the run in seconds.
+    #[arg(long, default_value_t = 30)]
+    time: u64,
+    /// Members of the cluster (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 10)]
+    workers: usize,
+    /// Register keys.
+    #[arg(long, default_value_t = 8)]
+    keys: u32,
+    /// conclave (default: the built binary, or $CONCLAVE_BIN) or etcd (from PATH).
+    #[arg(long, default_value = "conclave")]
+    target: String,
+    /// Where runs are stored.
+    #[arg(long, default_value = "store")]
+    store: PathBuf,
+    /// Linearizability search steps per key before answering unknown.
+    #[arg(long, default_value_t = 20_000_000)]
+    budget: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("conclave-jepsen: cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("conclave-jepsen: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if cli.workload != "register" {
+        anyhow::bail!("unknown --workload {:?} (register)", cli.workload);
+    }
+    let faults = cli
+        .nemesis
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<Fault>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let binary = match cli.target.as_str() {
+        "conclave" => locate_binary()?,
+        "etcd" => which("etcd").ok_or_else(|| anyhow::anyhow!("etcd not found in PATH"))?,
+        other => anyhow::bail!("unknown --target {other:?} (conclave, etcd)"),
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let dir = cli
+        .store
+        .join(format!("{}-{}-{stamp}", cli.workload, cli.target));
+    std::fs::create_dir_all(dir.join("nodes"))?;
+    let cluster = Arc::new(
+        Cluster::builder(&binary, cli.nodes)
+            .base_dir(dir.join("nodes"))
+            .keep_dir(true)
+            .start()
+            .await?,
+    );
+    let recorder = Arc::new(Recorder::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let nemesis = tokio::spawn(nemesis::run(
+        cluster.clone(),
+        faults,
+        Duration::from_secs(cli.interval),
+        recorder.clone(),
+        stop_rx,
+    ));
+    register::run(
+        cluster.endpoints(),
+        register::Settings {
+            workers: cli.workers,
+            keys: cli.keys,
+            duration: Duration::from_secs(cli.time),
+        },
+        recorder.clone(),
+    )
+    .await?;
+    let _ = stop_tx.send(true);
+    nemesis.await?;
+    // Stop the cluster now, so its messages come before the summary line.
+    drop(cluster);
+    let history = recorder.events();
+    write_jsonl(&dir.join("history.jsonl"), &history)?;
+    let report = linearizable::check(&history, cli.budget);
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    let faults = history.iter().filter(|e| e.nemesis.is_some()).count();
+    let verdict = if report.valid {
+        "valid"
+    } else if report.unknown {
+        "unknown"
+    } else {
+        "INVALID"
+    };
+    println!(
+        "{verdict}: {} operations on {} keys, {} nemesis events, target {}, history in {}",
+        report.operations,
+        report.keys.len(),
+        faults,
+        cli.target,
+        dir.display()
+    );
+    Ok(if report.valid {
+        0
+    } else if report.unknown {
+        2
+    } else {
+        1
+    })
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
