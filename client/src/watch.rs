@@ -149,6 +149,10 @@ pub enum WatchMessage {
         events: Vec<Event>,
     },
     /// A progress notification: every matching event up to `revision` has been delivered.
+    /// (Conclave and etcd ≥ 3.4.25 / 3.5.8 guarantee this; older etcd answered a progress
+    /// *request* even while the watch was behind, so against those servers only the periodic
+    /// `progress_notify` kind is a bookmark. The stream's own resume point relies on that kind
+    /// only.)
     Progress {
         /// The revision in the response header.
         revision: i64,
@@ -599,7 +603,14 @@ impl Tracker {
             if revision <= 0 {
                 return Step::Skip;
             }
-            self.complete(revision);
+            // Only a progress notification addressed to this watch (`progress_notify`) proves
+            // the watch is caught up, in every etcd version. A stream-wide answer to a progress
+            // request (watch id -1) does not in etcd before 3.4.25 / 3.5.8, which answered it
+            // even while the watch was still sending older events: resuming after it could skip
+            // events. It is delivered, but the resume point stays.
+            if response.watch_id == self.watch_id {
+                self.complete(revision);
+            }
             return Step::Deliver(WatchMessage::Progress { revision });
         }
         if let Some(done) = self.complete_through {
@@ -742,6 +753,22 @@ mod tests {
             [12]
         );
         assert_eq!(t.resume_revision(), 13);
+    }
+
+    #[test]
+    fn stream_wide_progress_does_not_move_the_resume_point() {
+        let mut t = tracker(3);
+        let mut stream_wide = response(20, Vec::new());
+        stream_wide.watch_id = -1;
+        assert!(matches!(
+            t.on_response(stream_wide),
+            Step::Deliver(WatchMessage::Progress { revision: 20 })
+        ));
+        assert_eq!(
+            t.resume_revision(),
+            3,
+            "old etcd answers before catching up"
+        );
     }
 
     #[test]
