@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use conclave_jepsen::history::{Recorder, write_jsonl};
 use conclave_jepsen::nemesis::{self, Fault};
-use conclave_jepsen::{linearizable, register};
+use conclave_jepsen::{linearizable, register, watch};
 use conclave_testkit::{Cluster, locate_binary};
 
 #[derive(Parser)]
@@ -21,7 +21,7 @@ use conclave_testkit::{Cluster, locate_binary};
     about = "Fault-injection and linearizability harness"
 )]
 struct Cli {
-    /// Workload: register (read / write / compare-and-set per key).
+    /// Workload: register (read / write / compare-and-set per key) or watch (watch guarantees).
     #[arg(long, default_value = "register")]
     workload: String,
     /// Faults, comma separated: kill, kill-leader, pause, pause-leader (empty: none).
@@ -75,8 +75,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
-    if cli.workload != "register" {
-        anyhow::bail!("unknown --workload {:?} (register)", cli.workload);
+    if cli.workload != "register" && cli.workload != "watch" {
+        anyhow::bail!("unknown --workload {:?} (register, watch)", cli.workload);
     }
     let faults = cli
         .nemesis
@@ -112,6 +112,49 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         recorder.clone(),
         stop_rx,
     ));
+    if cli.workload == "watch" {
+        let run = watch::run(
+            cluster.endpoints(),
+            watch::Settings {
+                writers: cli.workers.div_ceil(2),
+                watchers: cli.workers / 2 + 1,
+                keys: cli.keys,
+                duration: Duration::from_secs(cli.time),
+            },
+        );
+        // Faults stop when the writers do; the watchers then catch up on a healed cluster.
+        let stopper = async {
+            tokio::time::sleep(Duration::from_secs(cli.time)).await;
+            let _ = stop_tx.send(true);
+        };
+        let (outcome, ()) = tokio::join!(run, stopper);
+        nemesis.await?;
+        let outcome = outcome?;
+        drop(cluster);
+        write_jsonl(&dir.join("nemesis.jsonl"), &recorder.events())?;
+        std::fs::write(
+            dir.join("results.json"),
+            serde_json::to_string_pretty(&outcome)?,
+        )?;
+        let valid = outcome.reference_ok.is_ok() && outcome.anomalies.is_empty();
+        println!(
+            "{}: {} acknowledged writes, {} reference events, watchers delivered {:?}, {} anomalies{}, target {}, results in {}",
+            if valid { "valid" } else { "INVALID" },
+            outcome.writes,
+            outcome.reference_events,
+            outcome.delivered,
+            outcome.anomalies.len(),
+            outcome
+                .reference_ok
+                .as_ref()
+                .err()
+                .map(|e| format!(" (reference: {e})"))
+                .unwrap_or_default(),
+            cli.target,
+            dir.display()
+        );
+        return Ok(if valid { 0 } else { 1 });
+    }
     register::run(
         cluster.endpoints(),
         register::Settings {
