@@ -32,6 +32,10 @@ use crate::lease::{MAX_LEASE_TTL, leader};
 
 /// Pause before asking again when the leader is unknown or just changed.
 const LEADER_RETRY: Duration = Duration::from_millis(50);
+/// One forwarding attempt at most: a leader answers a keep-alive in a heartbeat round trip. A
+/// leader that does not answer by then may be paused or cut off; asking again lets the next
+/// attempt go to whoever leads by then, long before the client's TTL runs out.
+const FORWARD_ATTEMPT: Duration = Duration::from_millis(250);
 /// Keep-alive responses buffered per stream.
 const KEEP_ALIVE_BUFFER: usize = 16;
 
@@ -97,7 +101,8 @@ where
             match url {
                 Some(url) => {
                     let client = LeaseForwardClient::new(peers.get(&url)?);
-                    match tokio::time::timeout_at(deadline, forward(client)).await {
+                    let attempt = deadline.min(Instant::now() + FORWARD_ATTEMPT);
+                    match tokio::time::timeout_at(attempt, forward(client)).await {
                         Ok(r) => r,
                         Err(_) => Err(ServerError::Timeout.into()),
                     }
