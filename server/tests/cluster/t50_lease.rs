@@ -133,9 +133,11 @@ async fn revoke_deletes_every_attached_key_in_one_revision() {
     for n in 0..5 {
         put_leased(&mut kv, &format!("r/{n}"), id).await;
     }
-    put_leased(&mut kv, "r/other", other).await;
+    let last_put = put_leased(&mut kv, "r/other", other).await;
+    // Start right after the puts: a watch "from now" on a member that has not applied them yet
+    // would see them first.
     let mut w = RawWatch::open(channel(&c, 2).await).await;
-    w.create(prefix_watch("r/", 0)).await;
+    w.create(prefix_watch("r/", last_put + 1)).await;
     let rev = lease
         .lease_revoke(LeaseRevokeRequest { id })
         .await
