@@ -1,9 +1,10 @@
-//! The fault-injection harness: history recording, the register and watch workloads against a
+//! The fault-injection harness: history recording, the register, watch and lease workloads against a
 //! real cluster started with `conclave-testkit`, a loopback nemesis (kill -9 and pause, with heals),
-//! a linearizability checker and a watch-guarantee checker. The binary `conclave-jepsen` runs a workload under faults and
+//! a linearizability checker , a watch-guarantee checker and lease-expiry checks. The binary `conclave-jepsen` runs a workload under faults and
 //! exits non-zero on any anomaly.
 
 pub mod history;
+pub mod lease;
 pub mod linearizable;
 pub mod nemesis;
 pub mod register;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use conclave_jepsen::history::{Recorder, write_jsonl};
 use conclave_jepsen::nemesis::{self, Fault};
-use conclave_jepsen::{linearizable, register, watch};
+use conclave_jepsen::{lease, linearizable, register, watch};
 use conclave_testkit::{Cluster, locate_binary};
 
 #[derive(Parser)]
@@ -21,7 +21,8 @@ use conclave_testkit::{Cluster, locate_binary};
     about = "Fault-injection and linearizability harness"
 )]
 struct Cli {
-    /// Workload: register (read / write / compare-and-set per key) or watch (watch guarantees).
+    /// Workload: register (read / write / compare-and-set per key), watch (watch guarantees) or
+    /// lease (kept-alive leases never expire early, abandoned ones expire in time).
     #[arg(long, default_value = "register")]
     workload: String,
     /// Faults, comma separated: kill, kill-leader, pause, pause-leader (empty: none).
@@ -75,8 +76,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
-    if cli.workload != "register" && cli.workload != "watch" {
-        anyhow::bail!("unknown --workload {:?} (register, watch)", cli.workload);
+    if !["register", "watch", "lease"].contains(&cli.workload.as_str()) {
+        anyhow::bail!(
+            "unknown --workload {:?} (register, watch, lease)",
+            cli.workload
+        );
     }
     let faults = cli
         .nemesis
@@ -112,6 +116,46 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         recorder.clone(),
         stop_rx,
     ));
+    if cli.workload == "lease" {
+        let grace = Duration::from_secs(2 * cli.interval + 2);
+        let run = lease::run(
+            cluster.endpoints(),
+            lease::Settings {
+                kept: cli.workers,
+                abandoned_per_second: 5,
+                ttl: 3,
+                duration: Duration::from_secs(cli.time),
+                grace,
+            },
+        );
+        let stopper = async {
+            tokio::time::sleep(Duration::from_secs(cli.time)).await;
+            let _ = stop_tx.send(true);
+        };
+        let (outcome, ()) = tokio::join!(run, stopper);
+        nemesis.await?;
+        let outcome = outcome?;
+        drop(cluster);
+        write_jsonl(&dir.join("nemesis.jsonl"), &recorder.events())?;
+        std::fs::write(
+            dir.join("results.json"),
+            serde_json::to_string_pretty(&outcome)?,
+        )?;
+        let valid = outcome.anomalies.is_empty();
+        println!(
+            "{}: {} kept-alive leases ({} lost by their client), {} abandoned ({} expired, slowest {} ms after grant), {} anomalies, target {}, results in {}",
+            if valid { "valid" } else { "INVALID" },
+            outcome.kept,
+            outcome.kept_lost_by_client,
+            outcome.abandoned,
+            outcome.abandoned_expired,
+            outcome.slowest_expiry_ms,
+            outcome.anomalies.len(),
+            cli.target,
+            dir.display()
+        );
+        return Ok(if valid { 0 } else { 1 });
+    }
     if cli.workload == "watch" {
         let run = watch::run(
             cluster.endpoints(),

@@ -1,0 +1,201 @@
+//! The lease workload: some keys hang on leases kept alive by client sessions, others on leases
+//! nobody renews, while the nemesis kills and pauses members. A monitor reads all keys
+//! linearizably twice a second and checks the lease guarantees:
+//! - a kept-alive lease's key never disappears while its last acknowledged renewal is younger than
+//!   the TTL (the server may not expire it early);
+//! - an abandoned lease's key disappears within TTL + `grace` after its grant.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use conclave_client::{
+    Client, ConnectOptions, GetOptions, LeaseLoss, PutOptions, Session, SessionOptions,
+};
+use serde::Serialize;
+use tokio::time::Instant;
+
+const PREFIX: &str = "jepsen/lease/";
+
+/// Settings of the workload.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub kept: usize,
+    pub abandoned_per_second: usize,
+    pub ttl: i64,
+    pub duration: Duration,
+    /// How late after its TTL an abandoned lease may still be there.
+    pub grace: Duration,
+}
+
+/// A violated lease guarantee.
+#[derive(Debug, Clone, Serialize)]
+pub struct Anomaly {
+    pub key: String,
+    pub detail: String,
+}
+
+/// What the run found.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub kept: usize,
+    pub kept_lost_by_client: usize,
+    /// How each lost session learned it: "not-found" (the server said the lease was gone) or
+    /// "expired" (no renewal got through within the TTL), with the time since the start in ms.
+    pub losses: Vec<(String, &'static str, u128)>,
+    pub abandoned: usize,
+    pub abandoned_expired: usize,
+    /// Longest time from grant to disappearance of an abandoned lease's key, in ms.
+    pub slowest_expiry_ms: u128,
+    pub anomalies: Vec<Anomaly>,
+}
+
+struct Abandoned {
+    key: String,
+    granted: Instant,
+    gone: Option<Instant>,
+}
+
+async fn client(endpoints: &[String], first: usize) -> anyhow::Result<Client> {
+    let mut eps = endpoints.to_vec();
+    eps.rotate_left(first % endpoints.len().max(1));
+    let options = ConnectOptions::new()
+        .with_request_timeout(Duration::from_secs(2))
+        .with_dial_timeout(Duration::from_secs(1));
+    Ok(Client::connect(eps, options).await?)
+}
+
+/// Runs the workload; the nemesis runs beside it.
+pub async fn run(endpoints: Vec<String>, s: Settings) -> anyhow::Result<Outcome> {
+    let mut sessions: Vec<(String, Session)> = Vec::new();
+    for i in 0..s.kept {
+        let c = client(&endpoints, i).await?;
+        let session = Session::new(&c, SessionOptions::new(s.ttl)).await?;
+        let key = format!("{PREFIX}kept/{i}");
+        session.put(key.clone(), "alive").await?;
+        sessions.push((key, session));
+    }
+    let monitor = client(&endpoints, 0).await?;
+    let granter = client(&endpoints, 1).await?;
+    let mut abandoned: Vec<Abandoned> = Vec::new();
+    let mut anomalies = Vec::new();
+    let mut losses: Vec<(String, &'static str, u128)> = Vec::new();
+    let started = Instant::now();
+    let mut next_grant = started;
+    let mut n = 0;
+    let ttl = Duration::from_secs(s.ttl as u64);
+    // Run, then give the last abandoned leases time to expire.
+    let end = started + s.duration + ttl + s.grace;
+    while Instant::now() < end {
+        let now = Instant::now();
+        if now < started + s.duration && now >= next_grant {
+            next_grant = now + Duration::from_secs(1);
+            for _ in 0..s.abandoned_per_second {
+                n += 1;
+                let key = format!("{PREFIX}abandoned/{n}");
+                let granted = Instant::now();
+                let ok = match granter.lease().grant(s.ttl, None).await {
+                    Ok(l) => granter
+                        .kv()
+                        .put(key.clone(), "x", PutOptions::new().with_lease(l.id))
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    abandoned.push(Abandoned {
+                        key,
+                        granted,
+                        gone: None,
+                    });
+                }
+            }
+        }
+        // Deadlines are taken before the read: a key missing in the read was deleted after them.
+        let before: Vec<(Option<Instant>, bool)> = sessions
+            .iter()
+            .map(|(_, s)| (Some(s.keep_alive().deadline()), s.is_lost()))
+            .collect();
+        let read = monitor
+            .kv()
+            .get(PREFIX, GetOptions::new().with_prefix().with_keys_only())
+            .await;
+        let read_at = Instant::now();
+        for (key, session) in &sessions {
+            if losses.iter().any(|(k, _, _)| k == key) {
+                continue;
+            }
+            if let Some(loss) = session.loss() {
+                let kind = match loss {
+                    LeaseLoss::NotFound => "not-found",
+                    LeaseLoss::Expired => "expired",
+                };
+                // "Not found" while the last acknowledged renewal had time left: the server
+                // dropped a lease it had promised to keep.
+                let deadline = session.keep_alive().deadline();
+                if loss == LeaseLoss::NotFound && deadline > read_at + Duration::from_millis(200) {
+                    anomalies.push(Anomaly {
+                        key: key.clone(),
+                        detail: format!(
+                            "the server no longer knew a kept-alive lease {} ms before its renewal's TTL ran out",
+                            (deadline - read_at).as_millis()
+                        ),
+                    });
+                }
+                losses.push((key.clone(), kind, (read_at - started).as_millis()));
+            }
+        }
+        if let Ok(r) = read {
+            let present: BTreeSet<String> = r
+                .kvs
+                .iter()
+                .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+                .collect();
+            for ((key, _), (deadline, lost)) in sessions.iter().zip(&before) {
+                if !present.contains(key)
+                    && !lost
+                    && deadline.is_some_and(|d| d > read_at + Duration::from_millis(200))
+                {
+                    anomalies.push(Anomaly {
+                        key: key.clone(),
+                        detail: format!(
+                            "kept-alive lease gone {} ms before its renewal's TTL ran out",
+                            deadline.map_or(0, |d| (d - read_at).as_millis())
+                        ),
+                    });
+                }
+            }
+            for a in abandoned.iter_mut().filter(|a| a.gone.is_none()) {
+                if !present.contains(&a.key) {
+                    a.gone = Some(read_at);
+                } else if read_at > a.granted + ttl + s.grace {
+                    anomalies.push(Anomaly {
+                        key: a.key.clone(),
+                        detail: format!(
+                            "abandoned lease still there {} ms after its grant (TTL {} s + grace {} s)",
+                            (read_at - a.granted).as_millis(),
+                            s.ttl,
+                            s.grace.as_secs()
+                        ),
+                    });
+                    a.gone = Some(read_at);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let kept_lost_by_client = sessions.iter().filter(|(_, s)| s.is_lost()).count();
+    let slowest_expiry_ms = abandoned
+        .iter()
+        .filter_map(|a| a.gone.map(|g| (g - a.granted).as_millis()))
+        .max()
+        .unwrap_or(0);
+    Ok(Outcome {
+        kept: sessions.len(),
+        kept_lost_by_client,
+        losses,
+        abandoned: abandoned.len(),
+        abandoned_expired: abandoned.iter().filter(|a| a.gone.is_some()).count(),
+        slowest_expiry_ms,
+        anomalies,
+    })
+}
