@@ -8,9 +8,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use conclave_client::{
-    Client, ConnectOptions, GetOptions, LeaseLoss, PutOptions, Session, SessionOptions,
-};
+use conclave_client::{GetOptions, LeaseLoss, PutOptions, Session, SessionOptions};
+
+use crate::connect::client;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -53,15 +53,6 @@ struct Abandoned {
     key: String,
     granted: Instant,
     gone: Option<Instant>,
-}
-
-async fn client(endpoints: &[String], first: usize) -> anyhow::Result<Client> {
-    let mut eps = endpoints.to_vec();
-    eps.rotate_left(first % endpoints.len().max(1));
-    let options = ConnectOptions::new()
-        .with_request_timeout(Duration::from_secs(2))
-        .with_dial_timeout(Duration::from_secs(1));
-    Ok(Client::connect(eps, options).await?)
 }
 
 /// Runs the workload; the nemesis runs beside it.

@@ -3,6 +3,7 @@
 //! a linearizability checker , a watch-guarantee checker and lease-expiry checks. The binary `conclave-jepsen` runs a workload under faults and
 //! exits non-zero on any anomaly.
 
+pub mod connect;
 pub mod history;
 pub mod lease;
 pub mod linearizable;

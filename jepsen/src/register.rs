@@ -110,13 +110,7 @@ pub async fn run(
     let deadline = Instant::now() + s.duration;
     let mut tasks = Vec::new();
     for id in 0..s.workers {
-        // Each worker prefers a different member first, so every member serves clients.
-        let mut eps = endpoints.clone();
-        eps.rotate_left(id % endpoints.len().max(1));
-        let options = conclave_client::ConnectOptions::new()
-            .with_request_timeout(Duration::from_secs(2))
-            .with_dial_timeout(Duration::from_secs(1));
-        let client = Client::connect(eps, options).await?;
+        let client = crate::connect::client(&endpoints, id).await?;
         tasks.push(tokio::spawn(worker(
             id,
             client,

@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conclave_client::mvccpb::{Event, event::EventType};
-use conclave_client::{
-    Client, ConnectOptions, DeleteOptions, GetOptions, PutOptions, WatchMessage, WatchOptions,
-};
+use conclave_client::{Client, DeleteOptions, GetOptions, PutOptions, WatchMessage, WatchOptions};
 use rand::Rng;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::connect::client;
 use crate::watch_check::{self, Anomaly, Seen, WatcherLog};
 
 const PREFIX: &str = "jepsen/watch/";
@@ -52,15 +51,6 @@ fn seen(e: &Event, batch: usize) -> Seen {
             .map(|p| String::from_utf8_lossy(&p.value).into_owned()),
         batch,
     }
-}
-
-async fn client(endpoints: &[String], first: usize) -> anyhow::Result<Client> {
-    let mut eps = endpoints.to_vec();
-    eps.rotate_left(first % endpoints.len().max(1));
-    let options = ConnectOptions::new()
-        .with_request_timeout(Duration::from_secs(2))
-        .with_dial_timeout(Duration::from_secs(1));
-    Ok(Client::connect(eps, options).await?)
 }
 
 /// Records a watch from `start` until it has seen `until` (read from the shared cell once set)
