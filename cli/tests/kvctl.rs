@@ -160,8 +160,24 @@ async fn txn_lease_watch_endpoint_and_output_formats() {
     assert_eq!(String::from_utf8_lossy(&bad_id.stderr).lines().count(), 1);
 
     // watch runs until interrupted; events in etcdctl's lines.
+    // Write first, then watch from the first write's revision: no race with the watch's start,
+    // so no sleep is needed.
+    let first = json(&kvctl(ep, &["put", "w/a", "1", "-w", "json"]))["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    ok(&kvctl(ep, &["del", "w/a"]));
+    let rev = first.to_string();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
-        .args(["--endpoints", ep, "watch", "w/", "--prefix", "--prev-kv"])
+        .args([
+            "--endpoints",
+            ep,
+            "watch",
+            "w/",
+            "--prefix",
+            "--prev-kv",
+            "--rev",
+            &rev,
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -174,9 +190,6 @@ async fn txn_lease_watch_endpoint_and_output_formats() {
             .map(|l| l.unwrap())
             .collect::<Vec<_>>()
     });
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    ok(&kvctl(ep, &["put", "w/a", "1"]));
-    ok(&kvctl(ep, &["del", "w/a"]));
     let lines = reader.join().unwrap();
     let _ = child.kill();
     let _ = child.wait();
