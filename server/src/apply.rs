@@ -3,6 +3,10 @@
 //! re-applying from the stored index is exact. Only after the commit are results published: the MVCC
 //! revision becomes visible to readers, the applied index advances, and this member's waiters fire.
 //!
+//! A command the leader made on its own authority carries the term it led in (`leader_term`) and
+//! is applied only if its entry belongs to that term: a deposed leader may have decided it on stale
+//! clocks (a lease "expired" while it was paused), and its successor must not execute it.
+//!
 //! The transaction is committed with `Durability::None`: the raft log (fsynced) already holds every
 //! applied entry, and the next durable commit of the raft task persists this state too (one database,
 //! one commit order). The log is only truncated by a durable commit, after apply. A storage error
@@ -91,7 +95,11 @@ impl Applier {
                 table: "raft_log",
                 detail: format!("entry {} is not a command: {e}", entry.index),
             })?;
-            let outcome = self.apply_command(&txn, &cmd, &mut changes)?;
+            let outcome = if takes_effect(&cmd, entry.term) {
+                self.apply_command(&txn, &cmd, &mut changes)?
+            } else {
+                Err(ServerError::NotLeader)
+            };
             if cmd.origin == self.member_id {
                 results.push((cmd.request_id, outcome));
             }
@@ -167,6 +175,13 @@ impl Applier {
     }
 }
 
+/// Whether a command in an entry of `entry_term` is applied: a command the leader made on its own
+/// authority only in the term it led in (a deposed leader's command, appended by its successor,
+/// is void).
+fn takes_effect(cmd: &RaftCommand, entry_term: u64) -> bool {
+    cmd.leader_term == 0 || cmd.leader_term == entry_term
+}
+
 fn header(revision: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader {
         revision,
@@ -189,5 +204,23 @@ fn mvcc_storage(e: crate::mvcc::MvccError) -> StorageError {
             table: "mvcc",
             detail: other.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leaders_own_command_takes_effect_only_in_its_term() {
+        let client = RaftCommand::default();
+        assert!(takes_effect(&client, 1) && takes_effect(&client, 9));
+        let own = RaftCommand {
+            leader_term: 4,
+            ..Default::default()
+        };
+        assert!(takes_effect(&own, 4));
+        assert!(!takes_effect(&own, 5), "appended by a successor");
+        assert!(!takes_effect(&own, 3));
     }
 }

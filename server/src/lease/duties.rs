@@ -1,7 +1,9 @@
 //! The leader's lease duties, run on every member but active only while it leads: follow raft
 //! leadership (promote / demote the lessor), propose revokes for expired leases in bounded
 //! batches (etcd revokes at most 1000 leases per second, so does this), and propose checkpoints
-//! of remaining TTLs.
+//! of remaining TTLs. Both are proposed as the leader of the term the lessor was promoted in
+//! ([`Node::propose_as_leader`]): decided on this member's clock, they must not take effect once
+//! another member leads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,23 +55,28 @@ pub async fn run(
         }
         let leading = *leadership.borrow_and_update();
         let now = Instant::now();
-        if leading != lessor.is_primary() {
-            if leading {
-                tracing::info!(leases = lessor.len(), "leading: tracking lease expiry");
-                lessor.promote(now, settings.extend);
-            } else {
-                lessor.demote();
+        if leading != lessor.primary_term() {
+            match leading {
+                Some(term) => {
+                    tracing::info!(
+                        leases = lessor.len(),
+                        term,
+                        "leading: tracking lease expiry"
+                    );
+                    lessor.promote(now, settings.extend, term);
+                }
+                None => lessor.demote(),
             }
         }
-        if !leading {
+        let Some(term) = leading else {
             continue;
-        }
+        };
         for id in lessor.take_expired(now, per_tick) {
             let node = node.clone();
             let max = settings.max_request_bytes;
             tokio::spawn(async move {
                 let op = Op::LeaseRevoke(LeaseRevokeRequest { id });
-                match node.propose(op, max).await {
+                match node.propose_as_leader(op, term, max).await {
                     Ok(_) | Err(ServerError::LeaseNotFound) => {
                         tracing::debug!(lease = format!("{id:x}"), "expired lease revoked")
                     }
@@ -87,7 +94,7 @@ pub async fn run(
             tokio::spawn(async move {
                 let ids: Vec<i64> = checkpoints.iter().map(|c| c.id).collect();
                 let op = Op::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints });
-                if let Err(e) = node.propose(op, max).await {
+                if let Err(e) = node.propose_as_leader(op, term, max).await {
                     tracing::debug!(error = %e, "checkpointing lease TTLs");
                 }
                 lessor.checkpoints_done(ids);

@@ -2,6 +2,11 @@
 //! lease (keep-alive) and reporting its time to live. Both first confirm leadership and catch up
 //! with everything committed (a read barrier), so a lease revoked by a committed entry is never
 //! renewed, and a deposed leader never acknowledges a keep-alive.
+//!
+//! A lease whose time ran out is answered "not found" only once its revoke is applied: the time
+//! was measured on this member's clock, and a member that was paused may have been deposed while
+//! its successor kept the lease alive. It is then `NotLeader`, and the request goes to the
+//! successor.
 
 use std::time::Duration;
 
@@ -9,7 +14,7 @@ use conclave_proto::conclave::internal::v1::raft_command::Op;
 use conclave_proto::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest};
 use tokio::time::Instant;
 
-use super::{Lessor, TimeToLive};
+use super::{Lessor, Renewal, TimeToLive};
 use crate::error::ServerError;
 use crate::node::Node;
 
@@ -23,7 +28,7 @@ async fn lead(node: &Node, lessor: &Lessor, deadline: Instant) -> Result<(), Ser
         if !node.status().is_leader {
             return Err(ServerError::NotLeader);
         }
-        if lessor.is_primary() {
+        if lessor.primary_term().is_some() {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -45,10 +50,15 @@ pub async fn renew(
 ) -> Result<i64, ServerError> {
     let deadline = Instant::now() + timeout;
     lead(node, lessor, deadline).await?;
-    let renewal = lessor.renew(id, Instant::now())?;
-    if !renewal.clear_checkpoint {
-        return Ok(renewal.ttl);
-    }
+    let term = match lessor.renew(id, Instant::now())? {
+        Renewal::Renewed {
+            ttl,
+            clear_checkpoint: false,
+            ..
+        } => return Ok(ttl),
+        Renewal::Renewed { term, .. } => term,
+        Renewal::Expired => return Err(lessor.expired_outcome(id, timeout).await),
+    };
     lessor.checkpoint_settled(id, timeout).await;
     let clear = Op::LeaseCheckpoint(LeaseCheckpointRequest {
         checkpoints: vec![LeaseCheckpoint {
@@ -56,9 +66,12 @@ pub async fn renew(
             remaining_ttl: 0,
         }],
     });
-    node.propose(clear, max_bytes).await?;
+    node.propose_as_leader(clear, term, max_bytes).await?;
     // The acknowledgment is now: count the TTL from here.
-    Ok(lessor.renew(id, Instant::now())?.ttl)
+    match lessor.renew(id, Instant::now())? {
+        Renewal::Renewed { ttl, .. } => Ok(ttl),
+        Renewal::Expired => Err(lessor.expired_outcome(id, timeout).await),
+    }
 }
 
 /// Lease `id`'s granted and remaining TTL (and keys), or `None` if there is no such lease.

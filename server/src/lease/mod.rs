@@ -62,7 +62,8 @@ impl Lease {
 #[derive(Default)]
 struct Inner {
     leases: HashMap<i64, Lease>,
-    primary: bool,
+    /// The term this member leads in, while it is the primary.
+    primary: Option<u64>,
     /// Expired leases whose revoke was proposed, and when.
     revoking: HashMap<i64, Instant>,
     /// Leases whose checkpoint proposal has not been applied yet.
@@ -71,11 +72,18 @@ struct Inner {
 
 /// What a renewal tells the keep-alive handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Renewal {
-    pub ttl: i64,
-    /// A stored checkpoint would give a new leader less than the full TTL: clear it through raft
-    /// before acknowledging.
-    pub clear_checkpoint: bool,
+pub enum Renewal {
+    /// Renewed for `ttl` seconds from now.
+    Renewed {
+        ttl: i64,
+        /// A stored checkpoint would give a new leader less than the full TTL: clear it through
+        /// raft, as the leader of `term`, before acknowledging.
+        clear_checkpoint: bool,
+        term: u64,
+    },
+    /// The lease's time ran out on this primary; its revoke is (about to be) proposed. Only the
+    /// revoke's application makes it "not found": this member may have been deposed meanwhile.
+    Expired,
 }
 
 /// A lease as LeaseTimeToLive reports it.
@@ -91,7 +99,8 @@ pub struct TimeToLive {
 pub struct Lessor {
     inner: Mutex<Inner>,
     min_ttl: i64,
-    checkpoint_settled: Notify,
+    /// Woken when a checkpoint settles, a lease is revoked, or this member stops leading.
+    changed: Notify,
 }
 
 fn secs_until(expiry: Instant, now: Instant) -> i64 {
@@ -106,7 +115,7 @@ impl Lessor {
         Lessor {
             inner: Mutex::new(Inner::default()),
             min_ttl,
-            checkpoint_settled: Notify::new(),
+            changed: Notify::new(),
         }
     }
 
@@ -187,7 +196,10 @@ impl Lessor {
         }
         let ttl = ttl.max(self.min_ttl);
         txn.open_table(LEASES)?.insert(id, (ttl, 0))?;
-        let expiry = inner.primary.then(|| now + Duration::from_secs(ttl as u64));
+        let expiry = inner
+            .primary
+            .is_some()
+            .then(|| now + Duration::from_secs(ttl as u64));
         inner.leases.insert(
             id,
             Lease {
@@ -213,6 +225,8 @@ impl Lessor {
             return Ok(Err(ServerError::LeaseNotFound));
         };
         txn.open_table(LEASES)?.remove(id)?;
+        drop(inner);
+        self.changed.notify_waiters();
         Ok(Ok(lease.keys.into_iter().collect()))
     }
 
@@ -257,10 +271,11 @@ impl Lessor {
 
     // ---- the primary's view: expiry ----
 
-    /// This member became leader: every lease expires after its remaining TTL plus `extend`.
-    pub fn promote(&self, now: Instant, extend: Duration) {
+    /// This member became leader in `term`: every lease expires after its remaining TTL plus
+    /// `extend`.
+    pub fn promote(&self, now: Instant, extend: Duration, term: u64) {
         let mut inner = self.lock();
-        inner.primary = true;
+        inner.primary = Some(term);
         inner.revoking.clear();
         for l in inner.leases.values_mut() {
             l.expiry = Some(now + Duration::from_secs(l.effective_ttl() as u64) + extend);
@@ -270,18 +285,18 @@ impl Lessor {
     /// This member stopped leading: it no longer tracks expiry.
     pub fn demote(&self) {
         let mut inner = self.lock();
-        inner.primary = false;
+        inner.primary = None;
         inner.revoking.clear();
         inner.checkpointing.clear();
         for l in inner.leases.values_mut() {
             l.expiry = None;
         }
         drop(inner);
-        self.checkpoint_settled.notify_waiters();
+        self.changed.notify_waiters();
     }
 
-    /// Whether this member tracks expiry (it is the leader).
-    pub fn is_primary(&self) -> bool {
+    /// The term this member leads in, while it tracks expiry.
+    pub fn primary_term(&self) -> Option<u64> {
         self.lock().primary
     }
 
@@ -289,34 +304,60 @@ impl Lessor {
     /// under way.
     pub fn renew(&self, id: i64, now: Instant) -> Result<Renewal, ServerError> {
         let mut inner = self.lock();
-        if !inner.primary {
+        let Some(term) = inner.primary else {
             return Err(ServerError::NotLeader);
-        }
+        };
         let in_flight = inner.checkpointing.contains(&id);
         let Some(l) = inner.leases.get_mut(&id) else {
             return Err(ServerError::LeaseNotFound);
         };
         if l.expiry.is_some_and(|e| e <= now) {
-            return Err(ServerError::LeaseNotFound);
+            return Ok(Renewal::Expired);
         }
         l.expiry = Some(now + Duration::from_secs(l.ttl as u64));
-        Ok(Renewal {
+        Ok(Renewal::Renewed {
             ttl: l.ttl,
             clear_checkpoint: l.remaining > 0 || in_flight,
+            term,
         })
+    }
+
+    /// Waits until `done` holds for the lessor's state (checked again after every change), or
+    /// `limit` passes; returns whether it held.
+    async fn wait_until(&self, limit: Duration, done: impl Fn(&Inner) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            if done(&self.lock()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Waits until no checkpoint of `id` is in flight (or `limit` passes).
     pub async fn checkpoint_settled(&self, id: i64, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let notified = self.checkpoint_settled.notified();
-            if !self.lock().checkpointing.contains(&id) {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return;
-            }
+        self.wait_until(limit, |inner| !inner.checkpointing.contains(&id))
+            .await;
+    }
+
+    /// After [`Renewal::Expired`]: waits until the expired lease's revoke is applied
+    /// (`LeaseNotFound`) or this member stops leading (`NotLeader`: the successor decides), at
+    /// most `limit` (`Timeout`).
+    pub async fn expired_outcome(&self, id: i64, limit: Duration) -> ServerError {
+        let settled = self
+            .wait_until(limit, |inner| {
+                inner.primary.is_none() || !inner.leases.contains_key(&id)
+            })
+            .await;
+        if !settled {
+            ServerError::Timeout
+        } else if self.lock().leases.contains_key(&id) {
+            ServerError::NotLeader
+        } else {
+            ServerError::LeaseNotFound
         }
     }
 
@@ -343,7 +384,7 @@ impl Lessor {
     /// Up to `max` expired leases whose revoke is not already in flight; marks them in flight.
     pub fn take_expired(&self, now: Instant, max: usize) -> Vec<i64> {
         let mut inner = self.lock();
-        if !inner.primary {
+        if inner.primary.is_none() {
             return Vec::new();
         }
         let Inner {
@@ -374,7 +415,7 @@ impl Lessor {
         max: usize,
     ) -> Vec<LeaseCheckpoint> {
         let mut inner = self.lock();
-        if !inner.primary {
+        if inner.primary.is_none() {
             return Vec::new();
         }
         let step = interval.as_secs().max(1) as i64;
@@ -410,7 +451,7 @@ impl Lessor {
             inner.checkpointing.remove(&id);
         }
         drop(inner);
-        self.checkpoint_settled.notify_waiters();
+        self.changed.notify_waiters();
     }
 }
 

@@ -119,7 +119,7 @@ async fn only_the_primary_expires_and_renews() {
     );
 
     let extend = Duration::from_secs(1);
-    f.lessor.promote(Instant::now(), extend);
+    f.lessor.promote(Instant::now(), extend, 1);
     tokio::time::advance(Duration::from_millis(5900)).await;
     assert!(
         f.lessor.take_expired(Instant::now(), 10).is_empty(),
@@ -138,21 +138,59 @@ async fn only_the_primary_expires_and_renews() {
     );
     assert_eq!(
         f.lessor.renew(1, Instant::now()),
-        Err(ServerError::LeaseNotFound),
+        Ok(Renewal::Expired),
         "an expired lease is not renewed"
     );
+}
+
+/// An expired lease is "not found" only once its revoke is applied; if this member stops leading
+/// first, the successor decides (its clock may have seen renewals this one never saw).
+#[tokio::test(start_paused = true)]
+async fn an_expired_lease_is_not_found_only_after_its_revoke() {
+    let f = Arc::new(Fixture::new());
+    f.grant(1, 5).unwrap();
+    f.grant(2, 5).unwrap();
+    f.lessor.promote(Instant::now(), Duration::ZERO, 7);
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert_eq!(f.lessor.renew(1, Instant::now()), Ok(Renewal::Expired));
+    let limit = Duration::from_secs(2);
+    assert_eq!(
+        f.lessor.expired_outcome(1, limit).await,
+        ServerError::Timeout,
+        "no revoke, no demotion: no answer"
+    );
+    let waiting = {
+        let f = f.clone();
+        tokio::spawn(async move { f.lessor.expired_outcome(1, limit).await })
+    };
+    tokio::task::yield_now().await;
+    f.write(|t| f.lessor.revoke(t, 1).unwrap()).unwrap();
+    assert_eq!(waiting.await.unwrap(), ServerError::LeaseNotFound);
+
+    let waiting = {
+        let f = f.clone();
+        tokio::spawn(async move { f.lessor.expired_outcome(2, limit).await })
+    };
+    tokio::task::yield_now().await;
+    f.lessor.demote();
+    assert_eq!(waiting.await.unwrap(), ServerError::NotLeader);
 }
 
 #[tokio::test(start_paused = true)]
 async fn renewal_restarts_the_full_ttl() {
     let f = Fixture::new();
-    f.lessor.promote(Instant::now(), Duration::ZERO);
+    f.lessor.promote(Instant::now(), Duration::ZERO, 1);
     f.grant(1, 4).unwrap();
     for _ in 0..5 {
         tokio::time::advance(Duration::from_secs(3)).await;
-        let r = f.lessor.renew(1, Instant::now()).unwrap();
-        assert_eq!(r.ttl, 4);
-        assert!(!r.clear_checkpoint);
+        assert_eq!(
+            f.lessor.renew(1, Instant::now()),
+            Ok(Renewal::Renewed {
+                ttl: 4,
+                clear_checkpoint: false,
+                term: 1
+            })
+        );
         assert!(f.lessor.take_expired(Instant::now(), 10).is_empty());
     }
     let ttl = f.lessor.time_to_live(1, Instant::now(), false).unwrap();
@@ -164,7 +202,7 @@ async fn renewal_restarts_the_full_ttl() {
 #[tokio::test(start_paused = true)]
 async fn expiry_is_revoked_in_bounded_batches_oldest_first() {
     let f = Fixture::new();
-    f.lessor.promote(Instant::now(), Duration::ZERO);
+    f.lessor.promote(Instant::now(), Duration::ZERO, 1);
     for id in 1..=10 {
         f.grant(id, 10 + id).unwrap();
     }
@@ -178,7 +216,7 @@ async fn expiry_is_revoked_in_bounded_batches_oldest_first() {
 async fn checkpoints_bound_what_a_new_leader_grants() {
     let f = Fixture::new();
     f.grant(1, 30).unwrap();
-    f.lessor.promote(Instant::now(), Duration::from_secs(1));
+    f.lessor.promote(Instant::now(), Duration::from_secs(1), 1);
     let interval = Duration::from_secs(5);
     tokio::time::advance(Duration::from_secs(3)).await;
     assert!(
@@ -203,13 +241,18 @@ async fn checkpoints_bound_what_a_new_leader_grants() {
 
     // A new leader starts from the checkpoint, not from the full TTL.
     f.lessor.demote();
-    f.lessor.promote(Instant::now(), Duration::from_secs(1));
+    f.lessor.promote(Instant::now(), Duration::from_secs(1), 1);
     let ttl = f.lessor.time_to_live(1, Instant::now(), false).unwrap();
     assert_eq!(ttl.remaining, 22);
 
     // A renewal must clear the stored checkpoint before it is acknowledged.
-    let r = f.lessor.renew(1, Instant::now()).unwrap();
-    assert!(r.clear_checkpoint);
+    assert!(matches!(
+        f.lessor.renew(1, Instant::now()),
+        Ok(Renewal::Renewed {
+            clear_checkpoint: true,
+            ..
+        })
+    ));
     f.write(|t| {
         f.lessor
             .checkpoint(
@@ -221,7 +264,13 @@ async fn checkpoints_bound_what_a_new_leader_grants() {
             )
             .unwrap()
     });
-    assert!(!f.lessor.renew(1, Instant::now()).unwrap().clear_checkpoint);
+    assert!(matches!(
+        f.lessor.renew(1, Instant::now()),
+        Ok(Renewal::Renewed {
+            clear_checkpoint: false,
+            ..
+        })
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -261,7 +310,7 @@ async fn leases_survive_a_reopen_with_their_keys() {
 async fn checkpoint_settled_waits_for_the_proposal() {
     let f = Arc::new(Fixture::new());
     f.grant(1, 30).unwrap();
-    f.lessor.promote(Instant::now(), Duration::ZERO);
+    f.lessor.promote(Instant::now(), Duration::ZERO, 1);
     tokio::time::advance(Duration::from_secs(10)).await;
     assert_eq!(
         f.lessor

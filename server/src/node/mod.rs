@@ -60,6 +60,8 @@ pub struct RaftStatus {
 struct Proposal {
     data: Vec<u8>,
     request_id: u64,
+    /// Non-zero: append only while leading in this term (see [`Node::propose_as_leader`]).
+    leader_term: u64,
 }
 
 /// The API's handle on this member's raft node.
@@ -72,7 +74,7 @@ pub struct Node {
     transfers: mpsc::Sender<u64>,
     waiters: Arc<Waiters>,
     status: watch::Receiver<RaftStatus>,
-    leading: watch::Receiver<bool>,
+    leading: watch::Receiver<Option<u64>>,
     applied: watch::Receiver<u64>,
     next_request_id: AtomicU64,
     request_timeout: Duration,
@@ -84,9 +86,9 @@ impl Node {
         self.status.borrow().clone()
     }
 
-    /// A receiver that sees only changes of "this member leads" (status changes with every commit;
-    /// this does not).
-    pub fn leadership_watch(&self) -> watch::Receiver<bool> {
+    /// The term this member leads in (`None` while it does not lead). Changes only with
+    /// leadership, not with every commit as the status does.
+    pub fn leadership_watch(&self) -> watch::Receiver<Option<u64>> {
         self.leading.clone()
     }
 
@@ -110,6 +112,18 @@ impl Node {
     /// (no leader known) is retried until the deadline; one that was handed to raft and got no
     /// answer in time is reported as `Timeout`: its outcome is unknown.
     pub async fn propose(&self, op: Op, max_bytes: usize) -> ApplyOutcome {
+        self.propose_in_term(op, 0, max_bytes).await
+    }
+
+    /// Proposes a command the leader makes on its own authority (expiring a lease, recording
+    /// remaining TTLs), valid only while this member leads in `term`. Fails with `NotLeader` if it
+    /// no longer does: never forwarded to a successor, and ignored by apply if its entry ends up in
+    /// another term.
+    pub async fn propose_as_leader(&self, op: Op, term: u64, max_bytes: usize) -> ApplyOutcome {
+        self.propose_in_term(op, term, max_bytes).await
+    }
+
+    async fn propose_in_term(&self, op: Op, leader_term: u64, max_bytes: usize) -> ApplyOutcome {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         loop {
             let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
@@ -117,6 +131,7 @@ impl Node {
                 origin: self.member_id,
                 request_id,
                 op: Some(op.clone()),
+                leader_term,
             };
             let data = cmd.encode_to_vec();
             if data.len() > max_bytes {
@@ -125,7 +140,11 @@ impl Node {
             let waiter = self.waiters.register(request_id);
             if self
                 .proposals
-                .send(Proposal { data, request_id })
+                .send(Proposal {
+                    data,
+                    request_id,
+                    leader_term,
+                })
                 .await
                 .is_err()
             {
@@ -268,7 +287,7 @@ pub fn create(
     let (unreachable_tx, unreachable_rx) = mpsc::channel(64);
     let (transfers_tx, transfers_rx) = mpsc::channel(8);
     let (status_tx, status_rx) = watch::channel(RaftStatus::default());
-    let (leading_tx, leading_rx) = watch::channel(false);
+    let (leading_tx, leading_rx) = watch::channel(None);
     let transport = Transport::start(
         runtime,
         parts.cluster_id,
@@ -325,7 +344,7 @@ pub struct Driver {
     apply: mpsc::Sender<ApplyBatch>,
     waiters: Arc<Waiters>,
     status: watch::Sender<RaftStatus>,
-    leading: watch::Sender<bool>,
+    leading: watch::Sender<Option<u64>>,
     applied: watch::Receiver<u64>,
     reads_batch: ReadIndexBatch,
 }
@@ -380,6 +399,11 @@ impl Driver {
     }
 
     fn propose(&mut self, p: Proposal) {
+        let raft = &self.raw.raft;
+        if p.leader_term != 0 && (raft.state != StateRole::Leader || raft.term != p.leader_term) {
+            self.waiters.fire(p.request_id, Err(ServerError::NotLeader));
+            return;
+        }
         if let Err(e) = self.raw.propose(vec![], p.data) {
             let outcome = match e {
                 raft::Error::ProposalDropped => Err(ServerError::NoLeader),
@@ -457,9 +481,10 @@ impl Driver {
             last_index: raft.raft_log.last_index(),
             is_leader: raft.state == StateRole::Leader,
         };
+        let leading = next.is_leader.then_some(next.term);
         self.leading.send_if_modified(|l| {
-            let changed = *l != next.is_leader;
-            *l = next.is_leader;
+            let changed = *l != leading;
+            *l = leading;
             changed
         });
         self.status.send_if_modified(|s| {

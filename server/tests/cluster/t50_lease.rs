@@ -318,3 +318,80 @@ async fn mass_expiry_proceeds_in_batches_while_writes_continue() {
         .len();
     assert_eq!(listed, 0);
 }
+
+/// Renews every lease in `ids` through one keep-alive stream on `ch`, one round every 800 ms,
+/// until `until`; returns the answers that were not a renewal for the full `ttl`.
+async fn keep_renewing(
+    ch: Channel,
+    ids: Vec<i64>,
+    ttl: i64,
+    until: std::time::Instant,
+) -> Vec<(i64, i64)> {
+    let (tx, rx) = mpsc::channel(ids.len());
+    let mut answers = LeaseClient::new(ch)
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut wrong = Vec::new();
+    while std::time::Instant::now() < until {
+        for &id in &ids {
+            tx.send(LeaseKeepAliveRequest { id }).await.unwrap();
+            let resp = answers.message().await.unwrap().unwrap();
+            if resp.ttl != ttl {
+                wrong.push((resp.id, resp.ttl));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    wrong
+}
+
+/// Bug found by the harness (lease workload, 5 s pauses): a leader paused for longer than the
+/// TTL woke up still believing it led, found every lease "expired" by its stale clock and
+/// proposed their revokes; raft had meanwhile stepped down and forwarded the proposals to the new
+/// leader, which committed them — revoking leases it had just renewed. Fixed by fencing the
+/// leader's own commands with the term it leads in: apply ignores them in any other term.
+#[tokio::test]
+async fn a_deposed_leader_waking_from_a_pause_revokes_nothing() {
+    const TTL: i64 = 3;
+    let c = three_members().start().await.unwrap();
+    let ch = channel(&c, 0).await;
+    let mut lease = LeaseClient::new(ch.clone());
+    let mut kv = KvClient::new(ch);
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let id = grant(&mut lease, TTL).await;
+        put_leased(&mut kv, &format!("kept/{n}"), id).await;
+        ids.push(id);
+    }
+    for round in 0..2 {
+        let leader = c.leader_index().await.unwrap();
+        let renewer = (leader + 1) % 3;
+        let until = std::time::Instant::now() + Duration::from_secs(9);
+        let keeper = tokio::spawn(keep_renewing(
+            channel(&c, renewer).await,
+            ids.clone(),
+            TTL,
+            until,
+        ));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Longer than the TTL plus the new leader's grace: every expiry the paused leader knew
+        // is in the past when it wakes.
+        c.pause(leader).unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        c.resume(leader).unwrap();
+        let wrong = keeper.await.unwrap();
+        assert!(
+            wrong.is_empty(),
+            "round {round}: renewals refused: {wrong:?}"
+        );
+        let mut kv = KvClient::new(channel(&c, renewer).await);
+        for n in 0..10 {
+            assert!(
+                exists(&mut kv, &format!("kept/{n}")).await,
+                "round {round}: kept/{n} lost"
+            );
+        }
+    }
+}
