@@ -1,8 +1,11 @@
-//! The fault-injection harness: history recording, the register, watch and lease workloads against a
-//! real cluster started with `conclave-testkit`, a loopback nemesis (kill -9 and pause, with heals),
-//! a linearizability checker , a watch-guarantee checker and lease-expiry checks. The binary `conclave-jepsen` runs a workload under faults and
-//! exits non-zero on any anomaly.
+//! The fault-injection harness: history recording; the register, append, watch and lease workloads
+//! against a real cluster started with `conclave-testkit`; a loopback nemesis (kill -9 and pause,
+//! with heals); a linearizability checker, a strict-serializability checker for multi-key
+//! transactions, a watch-guarantee checker and lease-expiry checks. The binary `conclave-jepsen`
+//! runs a workload under faults and exits non-zero on any anomaly.
 
+pub mod append;
+pub mod append_check;
 pub mod connect;
 pub mod history;
 pub mod lease;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use conclave_jepsen::history::{Recorder, write_jsonl};
 use conclave_jepsen::nemesis::{self, Fault};
-use conclave_jepsen::{lease, linearizable, register, watch};
+use conclave_jepsen::{append, append_check, lease, linearizable, register, watch};
 use conclave_testkit::{Cluster, locate_binary};
 
 #[derive(Parser)]
@@ -21,8 +21,9 @@ use conclave_testkit::{Cluster, locate_binary};
     about = "Fault-injection and linearizability harness"
 )]
 struct Cli {
-    /// Workload: register (read / write / compare-and-set per key), watch (watch guarantees) or
-    /// lease (kept-alive leases never expire early, abandoned ones expire in time).
+    /// Workload: register (read / write / compare-and-set per key), append (multi-key
+    /// transactions, strict serializability), watch (watch guarantees) or lease (kept-alive leases
+    /// never expire early, abandoned ones expire in time).
     #[arg(long, default_value = "register")]
     workload: String,
     /// Faults, comma separated: kill, kill-leader, pause, pause-leader (empty: none).
@@ -40,7 +41,7 @@ struct Cli {
     /// Concurrent clients.
     #[arg(long, default_value_t = 10)]
     workers: usize,
-    /// Register keys.
+    /// Register keys (append: list keys).
     #[arg(long, default_value_t = 8)]
     keys: u32,
     /// conclave (default: the built binary, or $CONCLAVE_BIN) or etcd (from PATH).
@@ -76,9 +77,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
-    if !["register", "watch", "lease"].contains(&cli.workload.as_str()) {
+    if !["register", "append", "watch", "lease"].contains(&cli.workload.as_str()) {
         anyhow::bail!(
-            "unknown --workload {:?} (register, watch, lease)",
+            "unknown --workload {:?} (register, append, watch, lease)",
             cli.workload
         );
     }
@@ -155,6 +156,46 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             dir.display()
         );
         return Ok(if valid { 0 } else { 1 });
+    }
+    if cli.workload == "append" {
+        let history = append::run(
+            cluster.endpoints(),
+            append::Settings {
+                workers: cli.workers,
+                keys: cli.keys,
+                duration: Duration::from_secs(cli.time),
+            },
+        )
+        .await?;
+        let _ = stop_tx.send(true);
+        nemesis.await?;
+        drop(cluster);
+        write_jsonl(&dir.join("nemesis.jsonl"), &recorder.events())?;
+        let mut lines = String::new();
+        for t in &history {
+            lines.push_str(&serde_json::to_string(t)?);
+            lines.push('\n');
+        }
+        std::fs::write(dir.join("history.jsonl"), lines)?;
+        let report = append_check::check(&history);
+        std::fs::write(
+            dir.join("results.json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
+        let count = |o| history.iter().filter(|t| t.outcome == o).count();
+        println!(
+            "{}: {} transactions ({} ok, {} failed, {} unknown; {} committed), {} anomalies, target {}, results in {}",
+            if report.valid { "valid" } else { "INVALID" },
+            report.transactions,
+            count(append_check::Outcome::Ok),
+            count(append_check::Outcome::Fail),
+            count(append_check::Outcome::Info),
+            report.committed,
+            report.anomaly_count,
+            cli.target,
+            dir.display()
+        );
+        return Ok(if report.valid { 0 } else { 1 });
     }
     if cli.workload == "watch" {
         let run = watch::run(
