@@ -1,5 +1,5 @@
-//! Assembles a member: opens storage, loads or bootstraps identity, starts the raft task and the
-//! apply task on their own threads (both do blocking disk I/O), serves clients and peers, and stops
+//! Assembles a member: opens storage, loads or bootstraps identity, starts the raft task (which also
+//! applies committed entries) on its own thread (it does blocking disk I/O), serves clients and peers, and stops
 //! everything when `shutdown` completes or a fatal error occurs.
 
 use std::collections::HashMap;
@@ -110,7 +110,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         .filter_map(|m| m.peer_urls.first().map(|u| (m.id, u.clone())))
         .collect();
 
-    let (apply_tx, apply_rx) = mpsc::channel(1024);
     let (applied_tx, applied_rx) = watch::channel(applied_index);
     let waiters = Arc::new(Waiters::default());
     let (node, driver) = node::create(
@@ -128,7 +127,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             request_timeout: settings.request_timeout(),
             waiters: waiters.clone(),
             applied: applied_rx,
-            apply: apply_tx,
         },
         &tokio::runtime::Handle::current(),
     )?;
@@ -156,7 +154,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(4);
-    spawn_raft_thread(driver, stop_rx.clone(), fatal_tx.clone())?;
     let applier = Applier {
         db: db.clone(),
         store: store.clone(),
@@ -167,15 +164,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         applied: applied_tx,
         member_id: identity.member_id,
     };
-    let apply_fatal = fatal_tx.clone();
-    std::thread::Builder::new()
-        .name("apply".into())
-        .spawn(move || {
-            if let Err(why) = catch_panic(|| applier.run(apply_rx).map_err(|e| e.to_string())) {
-                let _ = apply_fatal.blocking_send(format!("apply: {why}"));
-            }
-        })
-        .map_err(|e| RunError::Startup(format!("cannot start the apply thread: {e}")))?;
+    spawn_raft_thread(driver, applier, stop_rx.clone(), fatal_tx.clone())?;
 
     tokio::spawn(catch_up::run(hub.clone(), store.clone(), stop_rx.clone()));
     tokio::spawn(duties::run(
@@ -295,6 +284,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 
 fn spawn_raft_thread(
     driver: node::Driver,
+    applier: Applier,
     stop: watch::Receiver<bool>,
     fatal: mpsc::Sender<String>,
 ) -> Result<(), RunError> {
@@ -305,7 +295,10 @@ fn spawn_raft_thread(
                 .enable_all()
                 .build();
             let outcome = match runtime {
-                Ok(rt) => catch_panic(|| rt.block_on(driver.run(stop)).map_err(|e| e.to_string())),
+                Ok(rt) => catch_panic(|| {
+                    rt.block_on(driver.run(applier, stop))
+                        .map_err(|e| e.to_string())
+                }),
                 Err(e) => Err(format!("cannot start the raft runtime: {e}")),
             };
             if let Err(why) = outcome {
@@ -316,7 +309,7 @@ fn spawn_raft_thread(
     Ok(())
 }
 
-/// Runs `f`, turning a panic into an error: a panicking raft or apply thread must stop the
+/// Runs `f`, turning a panic into an error: a panicking raft thread must stop the
 /// member, never leave it running without them.
 fn catch_panic(f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {

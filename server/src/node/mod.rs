@@ -1,8 +1,8 @@
 //! The raft driver. One task owns the `RawNode`; it ticks, takes proposals, peer messages and read
 //! requests, and handles `Ready` in the order raft-rs and the raft thesis require: send `messages()`
 //! at once (followers may append while the leader fsyncs), persist entries and hard state durably,
-//! hand committed entries to apply, only then send `persisted_messages()`, advance, and handle the
-//! `LightReady` the same way. It knows nothing of keys and values: commands are opaque bytes.
+//! only then send `persisted_messages()`, apply the committed entries (on this task: see
+//! [`crate::apply`]), advance, and handle the `LightReady` the same way. It knows nothing of keys and values: commands are opaque bytes.
 //!
 //! [`Node`] is the handle the API uses: `propose` (waits for the applied result) and `read_barrier`
 //! (linearizable reads through batched ReadIndex).
@@ -23,7 +23,7 @@ use raft::prelude::{ConfState, Message};
 use raft::{RawNode, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::apply::{ApplyBatch, ApplyOutcome};
+use crate::apply::{Applier, ApplyOutcome};
 use crate::error::ServerError;
 use crate::storage::StorageError;
 use crate::storage::raft_log::RaftLog;
@@ -238,7 +238,6 @@ pub struct NodeParts {
     pub request_timeout: Duration,
     pub waiters: Arc<Waiters>,
     pub applied: watch::Receiver<u64>,
-    pub apply: mpsc::Sender<ApplyBatch>,
 }
 
 /// Errors that stop the raft task (and the member).
@@ -320,7 +319,6 @@ pub fn create(
         unreachable: unreachable_rx,
         transfers: transfers_rx,
         transport,
-        apply: parts.apply,
         waiters: parts.waiters,
         status: status_tx,
         leading: leading_tx,
@@ -341,7 +339,6 @@ pub struct Driver {
     unreachable: mpsc::Receiver<u64>,
     transfers: mpsc::Receiver<u64>,
     transport: Transport,
-    apply: mpsc::Sender<ApplyBatch>,
     waiters: Arc<Waiters>,
     status: watch::Sender<RaftStatus>,
     leading: watch::Sender<Option<u64>>,
@@ -350,8 +347,12 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Runs until `shutdown` fires or a fatal error occurs.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), NodeError> {
+    /// Runs until `shutdown` fires or a fatal error occurs; committed entries go to `applier`.
+    pub async fn run(
+        mut self,
+        applier: Applier,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), NodeError> {
         let mut ticker = tokio::time::interval(self.timing.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let read_timeout = self.timing.tick * self.timing.election_ticks as u32;
@@ -393,7 +394,7 @@ impl Driver {
                 Some(target) = self.transfers.recv() => self.raw.transfer_leader(target),
                 _ = shutdown.changed() => return Ok(()),
             }
-            self.on_ready().await?;
+            self.on_ready(&applier)?;
             self.maybe_truncate_log()?;
         }
     }
@@ -422,7 +423,7 @@ impl Driver {
         }
     }
 
-    async fn on_ready(&mut self) -> Result<(), NodeError> {
+    fn on_ready(&mut self, applier: &Applier) -> Result<(), NodeError> {
         if !self.raw.has_ready() {
             return Ok(());
         }
@@ -446,30 +447,20 @@ impl Driver {
                     .on_read_state(&rs.request_ctx, rs.index, now)
             })
             .collect();
-        self.hand_to_apply(committed).await?;
         self.transport.send(ready.take_persisted_messages());
+        applier.apply(&committed)?;
         let mut light = self.raw.advance_append(ready);
         if let Some(commit) = light.commit_index() {
             self.log.set_commit(commit);
         }
         self.transport.send(light.take_messages());
-        self.hand_to_apply(light.take_committed_entries()).await?;
+        applier.apply(&light.take_committed_entries())?;
         self.raw.advance_apply();
         for ctx in next_rounds {
             self.raw.read_index(ctx);
         }
         self.publish_status();
         Ok(())
-    }
-
-    async fn hand_to_apply(&mut self, entries: Vec<raft::prelude::Entry>) -> Result<(), NodeError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        self.apply
-            .send(ApplyBatch { entries })
-            .await
-            .map_err(|_| NodeError::Unsupported("the apply task stopped"))
     }
 
     fn publish_status(&mut self) {
