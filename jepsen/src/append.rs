@@ -142,9 +142,14 @@ fn random_txn(keys: u32, next_value: &mut impl FnMut() -> i64) -> Vec<Mop> {
         .collect()
 }
 
-/// Runs the workload; returns the history (transactions in completion order).
-pub async fn run(endpoints: Vec<String>, s: Settings) -> anyhow::Result<Vec<TxnRecord>> {
-    let start = Instant::now();
+/// Runs the workload; returns the history (transactions in completion order), with times counted
+/// from `origin` (the recorder's start, so that they line up with the nemesis events).
+pub async fn run(
+    endpoints: Vec<String>,
+    s: Settings,
+    origin: std::time::Instant,
+) -> anyhow::Result<Vec<TxnRecord>> {
+    let start = Instant::from_std(origin);
     let history = Arc::new(Mutex::new(Vec::new()));
     let record = {
         let history = history.clone();
@@ -159,7 +164,7 @@ pub async fn run(endpoints: Vec<String>, s: Settings) -> anyhow::Result<Vec<TxnR
             history.lock().unwrap_or_else(|p| p.into_inner()).push(r);
         }
     };
-    let deadline = start + s.duration;
+    let deadline = Instant::now() + s.duration;
     let mut tasks = Vec::new();
     for id in 0..s.workers {
         let c = client(&endpoints, id).await?;

@@ -106,6 +106,11 @@ impl Recorder {
         });
     }
 
+    /// When the run started: every `time_ns` counts from here.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
     /// Everything recorded so far.
     pub fn events(&self) -> Vec<Event> {
         self.events

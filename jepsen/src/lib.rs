@@ -2,11 +2,13 @@
 //! against a real cluster started with `conclave-testkit`; a loopback nemesis (kill -9 and pause,
 //! with heals); a linearizability checker, a strict-serializability checker for multi-key
 //! transactions, a watch-guarantee checker and lease-expiry checks. The binary `conclave-jepsen`
-//! runs a workload under faults and exits non-zero on any anomaly.
+//! runs a workload under faults and exits non-zero on any anomaly; histories are also written in
+//! Jepsen's EDN format for Jepsen's own checkers.
 
 pub mod append;
 pub mod append_check;
 pub mod connect;
+pub mod edn;
 pub mod history;
 pub mod lease;
 pub mod linearizable;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use conclave_jepsen::history::{Recorder, write_jsonl};
 use conclave_jepsen::nemesis::{self, Fault};
-use conclave_jepsen::{append, append_check, lease, linearizable, register, watch};
+use conclave_jepsen::{append, append_check, edn, lease, linearizable, register, watch};
 use conclave_testkit::{Cluster, locate_binary};
 
 #[derive(Parser)]
@@ -165,12 +165,22 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 keys: cli.keys,
                 duration: Duration::from_secs(cli.time),
             },
+            recorder.start(),
         )
         .await?;
         let _ = stop_tx.send(true);
         nemesis.await?;
         drop(cluster);
-        write_jsonl(&dir.join("nemesis.jsonl"), &recorder.events())?;
+        let faults = recorder.events();
+        write_jsonl(&dir.join("nemesis.jsonl"), &faults)?;
+        let faults: Vec<(String, u64)> = faults
+            .into_iter()
+            .filter_map(|e| e.nemesis.map(|what| (what, e.time_ns)))
+            .collect();
+        std::fs::write(
+            dir.join("history.edn"),
+            edn::append_history(&history, &faults),
+        )?;
         let mut lines = String::new();
         for t in &history {
             lines.push_str(&serde_json::to_string(t)?);
@@ -256,6 +266,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     drop(cluster);
     let history = recorder.events();
     write_jsonl(&dir.join("history.jsonl"), &history)?;
+    std::fs::write(dir.join("history.edn"), edn::register_history(&history))?;
     let report = linearizable::check(&history, cli.budget);
     std::fs::write(
         dir.join("results.json"),
