@@ -3,7 +3,7 @@
 //! 0 when the checker says valid, 1 when it found an anomaly, 2 when it could not decide (search
 //! budget) or the run could not start. The last line printed is a one-line summary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +76,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// The end of a run: exit status (0 valid, 1 anomaly, 2 undecided) and the summary line.
+struct Verdict {
+    code: u8,
+    summary: String,
+}
+
+fn verdict(valid: bool, summary: String) -> Verdict {
+    Verdict {
+        code: if valid { 0 } else { 1 },
+        summary: format!("{}: {summary}", if valid { "valid" } else { "INVALID" }),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     if !["register", "append", "watch", "lease"].contains(&cli.workload.as_str()) {
         anyhow::bail!(
@@ -117,184 +130,165 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         recorder.clone(),
         stop_rx,
     ));
-    if cli.workload == "lease" {
-        let grace = Duration::from_secs(2 * cli.interval + 2);
-        let run = lease::run(
-            cluster.endpoints(),
-            lease::Settings {
-                kept: cli.workers,
-                abandoned_per_second: 5,
-                ttl: 3,
-                duration: Duration::from_secs(cli.time),
-                grace,
-            },
-        );
-        let stopper = async {
-            tokio::time::sleep(Duration::from_secs(cli.time)).await;
-            let _ = stop_tx.send(true);
-        };
-        let (outcome, ()) = tokio::join!(run, stopper);
-        nemesis.await?;
-        let outcome = outcome?;
-        drop(cluster);
-        write_jsonl(&dir.join("nemesis.jsonl"), &recorder.events())?;
-        std::fs::write(
-            dir.join("results.json"),
-            serde_json::to_string_pretty(&outcome)?,
-        )?;
-        let valid = outcome.anomalies.is_empty();
-        println!(
-            "{}: {} kept-alive leases ({} lost by their client), {} abandoned ({} expired, slowest {} ms after grant), {} anomalies, target {}, results in {}",
-            if valid { "valid" } else { "INVALID" },
-            outcome.kept,
-            outcome.kept_lost_by_client,
-            outcome.abandoned,
-            outcome.abandoned_expired,
-            outcome.slowest_expiry_ms,
-            outcome.anomalies.len(),
-            cli.target,
-            dir.display()
-        );
-        return Ok(if valid { 0 } else { 1 });
-    }
-    if cli.workload == "append" {
-        let history = append::run(
-            cluster.endpoints(),
-            append::Settings {
-                workers: cli.workers,
-                keys: cli.keys,
-                duration: Duration::from_secs(cli.time),
-            },
-            recorder.start(),
-        )
-        .await?;
+    // Faults stop after --time; some workloads go on a little (to let leases expire, or
+    // watchers catch up) on a healed cluster.
+    let time = Duration::from_secs(cli.time);
+    tokio::spawn(async move {
+        tokio::time::sleep(time).await;
         let _ = stop_tx.send(true);
-        nemesis.await?;
-        drop(cluster);
-        let faults = recorder.events();
-        write_jsonl(&dir.join("nemesis.jsonl"), &faults)?;
-        let faults: Vec<(String, u64)> = faults
-            .into_iter()
-            .filter_map(|e| e.nemesis.map(|what| (what, e.time_ns)))
-            .collect();
-        std::fs::write(
-            dir.join("history.edn"),
-            edn::append_history(&history, &faults),
-        )?;
-        let mut lines = String::new();
-        for t in &history {
-            lines.push_str(&serde_json::to_string(t)?);
-            lines.push('\n');
-        }
-        std::fs::write(dir.join("history.jsonl"), lines)?;
-        let report = append_check::check(&history);
-        std::fs::write(
-            dir.join("results.json"),
-            serde_json::to_string_pretty(&report)?,
-        )?;
-        let count = |o| history.iter().filter(|t| t.outcome == o).count();
-        println!(
-            "{}: {} transactions ({} ok, {} failed, {} unknown; {} committed), {} anomalies, target {}, results in {}",
-            if report.valid { "valid" } else { "INVALID" },
-            report.transactions,
-            count(append_check::Outcome::Ok),
-            count(append_check::Outcome::Fail),
-            count(append_check::Outcome::Info),
-            report.committed,
-            report.anomaly_count,
-            cli.target,
-            dir.display()
-        );
-        return Ok(if report.valid { 0 } else { 1 });
-    }
-    if cli.workload == "watch" {
-        let run = watch::run(
-            cluster.endpoints(),
-            watch::Settings {
-                writers: cli.workers.div_ceil(2),
-                watchers: cli.workers / 2 + 1,
-                keys: cli.keys,
-                duration: Duration::from_secs(cli.time),
-            },
-        );
-        // Faults stop when the writers do; the watchers then catch up on a healed cluster.
-        let stopper = async {
-            tokio::time::sleep(Duration::from_secs(cli.time)).await;
-            let _ = stop_tx.send(true);
-        };
-        let (outcome, ()) = tokio::join!(run, stopper);
-        nemesis.await?;
-        let outcome = outcome?;
-        drop(cluster);
-        write_jsonl(&dir.join("nemesis.jsonl"), &recorder.events())?;
-        std::fs::write(
-            dir.join("results.json"),
-            serde_json::to_string_pretty(&outcome)?,
-        )?;
-        let valid = outcome.reference_ok.is_ok() && outcome.anomalies.is_empty();
-        println!(
-            "{}: {} acknowledged writes, {} reference events, watchers delivered {:?}, {} anomalies{}, target {}, results in {}",
-            if valid { "valid" } else { "INVALID" },
-            outcome.writes,
-            outcome.reference_events,
-            outcome.delivered,
-            outcome.anomalies.len(),
-            outcome
-                .reference_ok
-                .as_ref()
-                .err()
-                .map(|e| format!(" (reference: {e})"))
-                .unwrap_or_default(),
-            cli.target,
-            dir.display()
-        );
-        return Ok(if valid { 0 } else { 1 });
-    }
-    register::run(
-        cluster.endpoints(),
-        register::Settings {
-            workers: cli.workers,
-            keys: cli.keys,
-            duration: Duration::from_secs(cli.time),
-        },
-        recorder.clone(),
-    )
-    .await?;
-    let _ = stop_tx.send(true);
+    });
+    let endpoints = cluster.endpoints();
+    let outcome = match cli.workload.as_str() {
+        "register" => run_register(&cli, endpoints, &recorder).await,
+        "append" => run_append(&cli, endpoints, &recorder, &dir).await,
+        "watch" => run_watch(&cli, endpoints).await,
+        _ => run_lease(&cli, endpoints).await,
+    };
     nemesis.await?;
     // Stop the cluster now, so its messages come before the summary line.
     drop(cluster);
-    let history = recorder.events();
-    write_jsonl(&dir.join("history.jsonl"), &history)?;
-    std::fs::write(dir.join("history.edn"), edn::register_history(&history))?;
-    let report = linearizable::check(&history, cli.budget);
-    std::fs::write(
-        dir.join("results.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    let faults = history.iter().filter(|e| e.nemesis.is_some()).count();
-    let verdict = if report.valid {
-        "valid"
-    } else if report.unknown {
-        "unknown"
-    } else {
-        "INVALID"
-    };
+    let events = recorder.events();
+    let faults: Vec<_> = events
+        .iter()
+        .filter(|e| e.nemesis.is_some())
+        .cloned()
+        .collect();
+    write_jsonl(&dir.join("nemesis.jsonl"), &faults)?;
+    let (report, verdict) = outcome?;
+    if cli.workload == "register" {
+        write_jsonl(&dir.join("history.jsonl"), &events)?;
+        std::fs::write(dir.join("history.edn"), edn::register_history(&events))?;
+    }
+    std::fs::write(dir.join("results.json"), report)?;
     println!(
-        "{verdict}: {} operations on {} keys, {} nemesis events, target {}, history in {}",
-        report.operations,
-        report.keys.len(),
-        faults,
+        "{}, target {}, results in {}",
+        verdict.summary,
         cli.target,
         dir.display()
     );
-    Ok(if report.valid {
-        0
-    } else if report.unknown {
-        2
-    } else {
-        1
-    })
+    Ok(verdict.code)
+}
+
+/// A workload's results (as pretty JSON) and verdict.
+type Finished = anyhow::Result<(String, Verdict)>;
+
+async fn run_register(cli: &Cli, endpoints: Vec<String>, recorder: &Arc<Recorder>) -> Finished {
+    let settings = register::Settings {
+        workers: cli.workers,
+        keys: cli.keys,
+        duration: Duration::from_secs(cli.time),
+    };
+    register::run(endpoints, settings, recorder.clone()).await?;
+    let history = recorder.events();
+    let report = linearizable::check(&history, cli.budget);
+    let summary = format!(
+        "{} operations on {} keys, {} nemesis events",
+        report.operations,
+        report.keys.len(),
+        history.iter().filter(|e| e.nemesis.is_some()).count(),
+    );
+    let mut v = verdict(report.valid, summary);
+    if !report.valid && report.unknown {
+        v.code = 2;
+        v.summary = v.summary.replacen("INVALID", "unknown", 1);
+    }
+    Ok((serde_json::to_string_pretty(&report)?, v))
+}
+
+async fn run_append(
+    cli: &Cli,
+    endpoints: Vec<String>,
+    recorder: &Recorder,
+    dir: &Path,
+) -> Finished {
+    let settings = append::Settings {
+        workers: cli.workers,
+        keys: cli.keys,
+        duration: Duration::from_secs(cli.time),
+    };
+    let history = append::run(endpoints, settings, recorder.start()).await?;
+    let mut lines = String::new();
+    for t in &history {
+        lines.push_str(&serde_json::to_string(t)?);
+        lines.push('\n');
+    }
+    std::fs::write(dir.join("history.jsonl"), lines)?;
+    let faults: Vec<(String, u64)> = recorder
+        .events()
+        .into_iter()
+        .filter_map(|e| e.nemesis.map(|what| (what, e.time_ns)))
+        .collect();
+    std::fs::write(
+        dir.join("history.edn"),
+        edn::append_history(&history, &faults),
+    )?;
+    let report = append_check::check(&history);
+    let count = |o| history.iter().filter(|t| t.outcome == o).count();
+    let summary = format!(
+        "{} transactions ({} ok, {} failed, {} unknown; {} committed), {} anomalies",
+        report.transactions,
+        count(append_check::Outcome::Ok),
+        count(append_check::Outcome::Fail),
+        count(append_check::Outcome::Info),
+        report.committed,
+        report.anomaly_count,
+    );
+    Ok((
+        serde_json::to_string_pretty(&report)?,
+        verdict(report.valid, summary),
+    ))
+}
+
+async fn run_watch(cli: &Cli, endpoints: Vec<String>) -> Finished {
+    let settings = watch::Settings {
+        writers: cli.workers.div_ceil(2),
+        watchers: cli.workers / 2 + 1,
+        keys: cli.keys,
+        duration: Duration::from_secs(cli.time),
+    };
+    let outcome = watch::run(endpoints, settings).await?;
+    let valid = outcome.reference_ok.is_ok() && outcome.anomalies.is_empty();
+    let summary = format!(
+        "{} acknowledged writes, {} reference events, watchers delivered {:?}, {} anomalies{}",
+        outcome.writes,
+        outcome.reference_events,
+        outcome.delivered,
+        outcome.anomalies.len(),
+        outcome
+            .reference_ok
+            .as_ref()
+            .err()
+            .map(|e| format!(" (reference: {e})"))
+            .unwrap_or_default(),
+    );
+    Ok((
+        serde_json::to_string_pretty(&outcome)?,
+        verdict(valid, summary),
+    ))
+}
+
+async fn run_lease(cli: &Cli, endpoints: Vec<String>) -> Finished {
+    let settings = lease::Settings {
+        kept: cli.workers,
+        abandoned_per_second: 5,
+        ttl: 3,
+        duration: Duration::from_secs(cli.time),
+        grace: Duration::from_secs(2 * cli.interval + 2),
+    };
+    let outcome = lease::run(endpoints, settings).await?;
+    let summary = format!(
+        "{} kept-alive leases ({} lost by their client), {} abandoned ({} expired, slowest {} ms after grant), {} anomalies",
+        outcome.kept,
+        outcome.kept_lost_by_client,
+        outcome.abandoned,
+        outcome.abandoned_expired,
+        outcome.slowest_expiry_ms,
+        outcome.anomalies.len(),
+    );
+    Ok((
+        serde_json::to_string_pretty(&outcome)?,
+        verdict(outcome.anomalies.is_empty(), summary),
+    ))
 }
 
 fn which(name: &str) -> Option<PathBuf> {
