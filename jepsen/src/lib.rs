@@ -3,7 +3,7 @@
 //! with heals); a linearizability checker, a strict-serializability checker for multi-key
 //! transactions, a watch-guarantee checker and lease-expiry checks. The binary `conclave-jepsen`
 //! runs a workload under faults and exits non-zero on any anomaly; histories are also written in
-//! Jepsen's EDN format for Jepsen's own checkers.
+//! Jepsen's EDN format for Jepsen's own checkers, and every run gets an HTML report.
 
 pub mod append;
 pub mod append_check;
@@ -14,5 +14,6 @@ pub mod lease;
 pub mod linearizable;
 pub mod nemesis;
 pub mod register;
+pub mod report;
 pub mod watch;
 pub mod watch_check;

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use conclave_jepsen::history::Kind;
 use conclave_jepsen::history::{Recorder, write_jsonl};
 use conclave_jepsen::nemesis::{self, Fault};
-use conclave_jepsen::{append, append_check, edn, lease, linearizable, register, watch};
+use conclave_jepsen::{append, append_check, edn, lease, linearizable, register, report, watch};
 use conclave_testkit::{Cluster, locate_binary};
 
 #[derive(Parser)]
@@ -154,23 +155,36 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         .cloned()
         .collect();
     write_jsonl(&dir.join("nemesis.jsonl"), &faults)?;
-    let (report, verdict) = outcome?;
+    let finish = outcome?;
     if cli.workload == "register" {
         write_jsonl(&dir.join("history.jsonl"), &events)?;
         std::fs::write(dir.join("history.edn"), edn::register_history(&events))?;
     }
-    std::fs::write(dir.join("results.json"), report)?;
-    println!(
-        "{}, target {}, results in {}",
-        verdict.summary,
-        cli.target,
-        dir.display()
-    );
-    Ok(verdict.code)
+    std::fs::write(dir.join("results.json"), &finish.results)?;
+    let summary = format!("{}, target {}", finish.verdict.summary, cli.target);
+    let page = report::Page {
+        title: format!("{} on {}", cli.workload, cli.target),
+        valid: finish.verdict.code == 0,
+        summary: &summary,
+        faults: report::windows(&faults),
+        ops: finish.ops,
+        results_json: &finish.results,
+    };
+    std::fs::write(dir.join("report.html"), report::render(&page))?;
+    println!("{summary}, results in {}", dir.display());
+    Ok(finish.verdict.code)
 }
 
-/// A workload's results (as pretty JSON) and verdict.
-type Finished = anyhow::Result<(String, Verdict)>;
+/// What a workload leaves for the run's tail.
+struct Finish {
+    /// results.json
+    results: String,
+    verdict: Verdict,
+    /// Timed operations for the report's charts (none for watch and lease).
+    ops: Vec<report::Timed>,
+}
+
+type Finished = anyhow::Result<Finish>;
 
 async fn run_register(cli: &Cli, endpoints: Vec<String>, recorder: &Arc<Recorder>) -> Finished {
     let settings = register::Settings {
@@ -192,7 +206,11 @@ async fn run_register(cli: &Cli, endpoints: Vec<String>, recorder: &Arc<Recorder
         v.code = 2;
         v.summary = v.summary.replacen("INVALID", "unknown", 1);
     }
-    Ok((serde_json::to_string_pretty(&report)?, v))
+    Ok(Finish {
+        results: serde_json::to_string_pretty(&report)?,
+        verdict: v,
+        ops: report::register_ops(&history),
+    })
 }
 
 async fn run_append(
@@ -233,10 +251,23 @@ async fn run_append(
         report.committed,
         report.anomaly_count,
     );
-    Ok((
-        serde_json::to_string_pretty(&report)?,
-        verdict(report.valid, summary),
-    ))
+    let ops = history
+        .iter()
+        .map(|t| report::Timed {
+            invoke: t.invoke_ns as f64 / 1e9,
+            complete: t.complete_ns as f64 / 1e9,
+            kind: match t.outcome {
+                append_check::Outcome::Ok => Kind::Ok,
+                append_check::Outcome::Fail => Kind::Fail,
+                append_check::Outcome::Info => Kind::Info,
+            },
+        })
+        .collect();
+    Ok(Finish {
+        results: serde_json::to_string_pretty(&report)?,
+        verdict: verdict(report.valid, summary),
+        ops,
+    })
 }
 
 async fn run_watch(cli: &Cli, endpoints: Vec<String>) -> Finished {
@@ -261,10 +292,11 @@ async fn run_watch(cli: &Cli, endpoints: Vec<String>) -> Finished {
             .map(|e| format!(" (reference: {e})"))
             .unwrap_or_default(),
     );
-    Ok((
-        serde_json::to_string_pretty(&outcome)?,
-        verdict(valid, summary),
-    ))
+    Ok(Finish {
+        results: serde_json::to_string_pretty(&outcome)?,
+        verdict: verdict(valid, summary),
+        ops: Vec::new(),
+    })
 }
 
 async fn run_lease(cli: &Cli, endpoints: Vec<String>) -> Finished {
@@ -285,10 +317,11 @@ async fn run_lease(cli: &Cli, endpoints: Vec<String>) -> Finished {
         outcome.slowest_expiry_ms,
         outcome.anomalies.len(),
     );
-    Ok((
-        serde_json::to_string_pretty(&outcome)?,
-        verdict(outcome.anomalies.is_empty(), summary),
-    ))
+    Ok(Finish {
+        results: serde_json::to_string_pretty(&outcome)?,
+        verdict: verdict(outcome.anomalies.is_empty(), summary),
+        ops: Vec::new(),
+    })
 }
 
 fn which(name: &str) -> Option<PathBuf> {
