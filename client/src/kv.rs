@@ -63,6 +63,33 @@ impl KeyRange {
     }
 }
 
+/// Implements `with_prefix`, `with_from_key` and `with_range_end` for an options type with a
+/// `range: KeyRange` field (the last call wins).
+macro_rules! key_range_options {
+    ($options:ty) => {
+        impl $options {
+            /// Every key with the given key as prefix (all keys when the key is empty).
+            pub fn with_prefix(mut self) -> Self {
+                self.range = $crate::kv::KeyRange::Prefix;
+                self
+            }
+
+            /// Every key greater than or equal to the given key (all keys when the key is empty).
+            pub fn with_from_key(mut self) -> Self {
+                self.range = $crate::kv::KeyRange::FromKey;
+                self
+            }
+
+            /// Keys in `[key, end)`.
+            pub fn with_range_end(mut self, end: impl Into<Vec<u8>>) -> Self {
+                self.range = $crate::kv::KeyRange::End(end.into());
+                self
+            }
+        }
+    };
+}
+pub(crate) use key_range_options;
+
 /// Options of a Range (`get`). The last of `with_prefix`, `with_from_key` and `with_range_end`
 /// wins.
 #[derive(Clone, Debug, Default)]
@@ -81,28 +108,12 @@ pub struct GetOptions {
     max_create_revision: i64,
 }
 
+key_range_options!(GetOptions);
+
 impl GetOptions {
     /// A linearizable read of the single key, at the latest revision.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Every key with the given key as prefix (all keys when the key is empty).
-    pub fn with_prefix(mut self) -> Self {
-        self.range = KeyRange::Prefix;
-        self
-    }
-
-    /// Every key greater than or equal to the given key (all keys when the key is empty).
-    pub fn with_from_key(mut self) -> Self {
-        self.range = KeyRange::FromKey;
-        self
-    }
-
-    /// Keys in `[key, end)`.
-    pub fn with_range_end(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.range = KeyRange::End(end.into());
-        self
     }
 
     /// At most `limit` keys (0 = no limit).
@@ -247,28 +258,12 @@ pub struct DeleteOptions {
     prev_kv: bool,
 }
 
+key_range_options!(DeleteOptions);
+
 impl DeleteOptions {
     /// Delete the single key.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Every key with the given key as prefix (all keys when the key is empty).
-    pub fn with_prefix(mut self) -> Self {
-        self.range = KeyRange::Prefix;
-        self
-    }
-
-    /// Every key greater than or equal to the given key (all keys when the key is empty).
-    pub fn with_from_key(mut self) -> Self {
-        self.range = KeyRange::FromKey;
-        self
-    }
-
-    /// Keys in `[key, end)`.
-    pub fn with_range_end(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.range = KeyRange::End(end.into());
-        self
     }
 
     /// Return the deleted key-value pairs.

@@ -29,7 +29,7 @@ use tonic::transport::Channel;
 
 use crate::client::{Client, Connection, MAX_RESPONSE_BYTES};
 use crate::error::{Disposition, Error, classify_stream};
-use crate::kv::KeyRange;
+use crate::kv::{KeyRange, key_range_options};
 use crate::stream::{BidiStream, Broken};
 
 /// Messages that may wait for the consumer before the stream stops reading from the server.
@@ -53,28 +53,12 @@ pub struct WatchOptions {
     fragment: bool,
 }
 
+key_range_options!(WatchOptions);
+
 impl WatchOptions {
     /// Watch the single key, from the next change on.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Every key with the given key as prefix (all keys when the key is empty).
-    pub fn with_prefix(mut self) -> Self {
-        self.range = KeyRange::Prefix;
-        self
-    }
-
-    /// Every key greater than or equal to the given key (all keys when the key is empty).
-    pub fn with_from_key(mut self) -> Self {
-        self.range = KeyRange::FromKey;
-        self
-    }
-
-    /// Keys in `[key, end)`.
-    pub fn with_range_end(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.range = KeyRange::End(end.into());
-        self
     }
 
     /// Deliver events from `revision` on, inclusive (0 = from the next change on).
