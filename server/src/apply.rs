@@ -52,7 +52,7 @@ pub enum ApplyOutput {
 /// Result delivered to a waiter: the response, or why the command changed nothing.
 pub type ApplyOutcome = Result<ApplyOutput, ServerError>;
 
-/// The apply task's state.
+/// The applier: the state machine's single writer, run by the raft task.
 pub struct Applier {
     pub db: Arc<Database>,
     pub store: Arc<Store>,

@@ -2,7 +2,7 @@
 //! key create/mod revision, version and lease, tombstones, reads at past revisions, and compaction.
 //!
 //! Values live in redb (`storage::MVCC`, keyed by revision); an in-memory index maps each key to its
-//! history and is rebuilt from the table at start. Knows nothing about raft or tokio: the apply task
+//! history and is rebuilt from the table at start. Knows nothing about raft or tokio: the applier
 //! writes through a [`Writer`] inside its transaction and calls [`Store::publish`] after the commit;
 //! readers only see revisions up to the published one.
 
