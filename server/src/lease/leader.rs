@@ -18,23 +18,21 @@ use super::{Lessor, Renewal, TimeToLive};
 use crate::error::ServerError;
 use crate::node::Node;
 
-/// Pause while a fresh leader's lessor is being promoted.
-const PROMOTION_POLL: Duration = Duration::from_millis(10);
-
-/// Confirms this member leads, and waits (briefly) until its lessor tracks expiry.
+/// Confirms this member leads, and waits (until `deadline`) for its lessor to track expiry.
 async fn lead(node: &Node, lessor: &Lessor, deadline: Instant) -> Result<(), ServerError> {
     node.read_barrier().await?;
-    loop {
-        if !node.status().is_leader {
-            return Err(ServerError::NotLeader);
-        }
-        if lessor.primary_term().is_some() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(ServerError::Timeout);
-        }
-        tokio::time::sleep(PROMOTION_POLL).await;
+    if !node.status().is_leader {
+        return Err(ServerError::NotLeader);
+    }
+    if lessor
+        .promoted(deadline.saturating_duration_since(Instant::now()))
+        .await
+    {
+        Ok(())
+    } else if node.status().is_leader {
+        Err(ServerError::Timeout)
+    } else {
+        Err(ServerError::NotLeader)
     }
 }
 

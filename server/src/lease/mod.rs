@@ -99,7 +99,7 @@ pub struct TimeToLive {
 pub struct Lessor {
     inner: Mutex<Inner>,
     min_ttl: i64,
-    /// Woken when a checkpoint settles, a lease is revoked, or this member stops leading.
+    /// Woken when a checkpoint settles, a lease is revoked, or this member starts or stops leading.
     changed: Notify,
 }
 
@@ -280,6 +280,8 @@ impl Lessor {
         for l in inner.leases.values_mut() {
             l.expiry = Some(now + Duration::from_secs(l.effective_ttl() as u64) + extend);
         }
+        drop(inner);
+        self.changed.notify_waiters();
     }
 
     /// This member stopped leading: it no longer tracks expiry.
@@ -335,6 +337,13 @@ impl Lessor {
                 return false;
             }
         }
+    }
+
+    /// Waits until this member tracks expiry (its duties promote it right after it becomes
+    /// leader), at most `limit`; returns whether it does.
+    pub async fn promoted(&self, limit: Duration) -> bool {
+        self.wait_until(limit, |inner| inner.primary.is_some())
+            .await
     }
 
     /// Waits until no checkpoint of `id` is in flight (or `limit` passes).

@@ -330,3 +330,17 @@ async fn checkpoint_settled_waits_for_the_proposal() {
     f.lessor.checkpoints_done([1]);
     assert_eq!(waiter.await.unwrap(), done_at);
 }
+
+/// Keep-alives that reach a fresh leader wait for its promotion, woken by it (no polling).
+#[tokio::test(start_paused = true)]
+async fn waiting_for_promotion_ends_when_promoted() {
+    let f = Arc::new(Fixture::new());
+    assert!(!f.lessor.promoted(Duration::from_millis(100)).await);
+    let waiting = {
+        let f = f.clone();
+        tokio::spawn(async move { f.lessor.promoted(Duration::from_secs(5)).await })
+    };
+    tokio::task::yield_now().await;
+    f.lessor.promote(Instant::now(), Duration::ZERO, 3);
+    assert!(waiting.await.unwrap());
+}
