@@ -11,52 +11,21 @@
 use std::collections::BTreeMap;
 use std::error::Error as StdError;
 
+use clap::Parser;
 use conclave_client::mvccpb::KeyValue;
 use conclave_client::{Client, ConnectOptions, Informer, InformerEvent, InformerOptions};
 use tokio::sync::broadcast::error::RecvError;
 
-const USAGE: &str = "usage: config_watcher [--endpoints HOST:PORT,...] [--prefix PREFIX]";
-
-/// The command line: endpoints and the prefix to watch.
+/// The command line.
+#[derive(Parser)]
+#[command(about = "Prints a prefix's configuration and every change to it")]
 struct Args {
+    /// Members to connect to.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
     endpoints: Vec<String>,
+    /// The configuration prefix to follow.
+    #[arg(long, default_value = "config/")]
     prefix: String,
-}
-
-impl Args {
-    /// Parses `--endpoints a,b,c` and `--prefix p` (also as `--flag=value`).
-    fn parse() -> Result<Args, String> {
-        let mut args = Args {
-            endpoints: vec!["127.0.0.1:2379".to_owned()],
-            prefix: "config/".to_owned(),
-        };
-        let mut raw = std::env::args().skip(1);
-        while let Some(arg) = raw.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
-                None => (arg, None),
-            };
-            if flag == "-h" || flag == "--help" {
-                return Err(USAGE.to_owned());
-            }
-            let value = match inline.or_else(|| raw.next()) {
-                Some(value) => value,
-                None => return Err(format!("{flag} needs a value\n{USAGE}")),
-            };
-            match flag.as_str() {
-                "--endpoints" => {
-                    args.endpoints = value
-                        .split(',')
-                        .filter(|e| !e.trim().is_empty())
-                        .map(|e| e.trim().to_owned())
-                        .collect();
-                }
-                "--prefix" => args.prefix = value,
-                _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
-            }
-        }
-        Ok(args)
-    }
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -72,7 +41,7 @@ fn print_all(revision: i64, config: &BTreeMap<Vec<u8>, KeyValue>) {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn StdError>> {
-    let args = Args::parse()?;
+    let args = Args::parse();
     let client = Client::connect(&args.endpoints, ConnectOptions::new()).await?;
     let informer = Informer::start(&client, args.prefix.as_str(), InformerOptions::new()).await?;
     let (revision, config, mut events) = informer.subscribe_with_snapshot();

@@ -14,70 +14,37 @@
 use std::collections::BTreeMap;
 use std::error::Error as StdError;
 
+use clap::Parser;
 use conclave_client::mvccpb::KeyValue;
 use conclave_client::{Client, ConnectOptions, Informer, InformerEvent, InformerOptions};
 use tokio::sync::broadcast::error::RecvError;
 
-const USAGE: &str = "usage: service_registry [--endpoints HOST:PORT,...] [--service NAME] \
-                     [--id INSTANCE] [--address HOST:PORT] [--ttl SECONDS]";
-
 /// The command line.
+#[derive(Parser)]
+#[command(about = "Registers one service instance and follows the others")]
 struct Args {
+    /// Members to connect to.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
     endpoints: Vec<String>,
+    /// Service name (no '/').
+    #[arg(long, default_value = "demo", value_parser = service_name)]
     service: String,
-    id: String,
+    /// This instance's name (default: instance-<pid>).
+    #[arg(long)]
+    id: Option<String>,
+    /// The address this instance advertises.
+    #[arg(long, default_value = "127.0.0.1:8080")]
     address: String,
+    /// Session TTL in seconds.
+    #[arg(long, default_value_t = 10)]
     ttl: i64,
 }
 
-impl Args {
-    /// Parses `--flag value` or `--flag=value` pairs.
-    fn parse() -> Result<Args, String> {
-        let mut args = Args {
-            endpoints: vec!["127.0.0.1:2379".to_owned()],
-            service: "demo".to_owned(),
-            id: format!("instance-{}", std::process::id()),
-            address: "127.0.0.1:8080".to_owned(),
-            ttl: 10,
-        };
-        let mut raw = std::env::args().skip(1);
-        while let Some(arg) = raw.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
-                None => (arg, None),
-            };
-            if flag == "-h" || flag == "--help" {
-                return Err(USAGE.to_owned());
-            }
-            let value = match inline.or_else(|| raw.next()) {
-                Some(value) => value,
-                None => return Err(format!("{flag} needs a value\n{USAGE}")),
-            };
-            match flag.as_str() {
-                "--endpoints" => {
-                    args.endpoints = value
-                        .split(',')
-                        .filter(|e| !e.trim().is_empty())
-                        .map(|e| e.trim().to_owned())
-                        .collect();
-                }
-                "--service" => args.service = value,
-                "--id" => args.id = value,
-                "--address" => args.address = value,
-                "--ttl" => {
-                    args.ttl = value
-                        .parse()
-                        .map_err(|err| format!("--ttl {value:?}: {err}\n{USAGE}"))?;
-                }
-                _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
-            }
-        }
-        if args.service.is_empty() || args.service.contains('/') {
-            return Err(format!(
-                "--service must be a non-empty name without '/'\n{USAGE}"
-            ));
-        }
-        Ok(args)
+fn service_name(name: &str) -> Result<String, String> {
+    if name.is_empty() || name.contains('/') {
+        Err("a non-empty name without '/'".into())
+    } else {
+        Ok(name.to_owned())
     }
 }
 
@@ -100,10 +67,13 @@ fn print_instances(prefix: &str, instances: &BTreeMap<Vec<u8>, KeyValue>) {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn StdError>> {
-    let args = Args::parse()?;
+    let args = Args::parse();
     let client = Client::connect(&args.endpoints, ConnectOptions::new()).await?;
     let prefix = format!("services/{}/", args.service);
-    let key = format!("{prefix}{}", args.id);
+    let id = args
+        .id
+        .unwrap_or_else(|| format!("instance-{}", std::process::id()));
+    let key = format!("{prefix}{id}");
 
     // Register: the key lives exactly as long as the session's lease.
     let session = client.session(args.ttl).await?;
