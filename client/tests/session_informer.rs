@@ -19,25 +19,12 @@ use conclave_client::{
     Client, ConnectOptions, DeleteOptions, Error, GetOptions, Informer, InformerEvent,
     InformerOptions, LeaseLoss, PutOptions, Session, SessionOptions,
 };
-use conclave_testkit::{Cluster, locate_binary};
 use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep, timeout};
 
-/// How long any single expected thing may take before the test gives up.
-const PATIENCE: Duration = Duration::from_secs(30);
+mod common;
 
-async fn cluster(nodes: usize) -> Cluster {
-    let bin = locate_binary().expect("the conclave binary is built (cargo test --workspace)");
-    Cluster::start(&bin, nodes)
-        .await
-        .expect("cluster starts and elects a leader")
-}
-
-fn options() -> ConnectOptions {
-    ConnectOptions::new()
-        .with_dial_timeout(Duration::from_secs(1))
-        .with_request_timeout(Duration::from_secs(5))
-}
+use common::{PATIENCE, cluster, options};
 
 /// A client over the given endpoints, tried in this order.
 async fn client(endpoints: &[String], options: ConnectOptions) -> Client {
