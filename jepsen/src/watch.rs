@@ -178,8 +178,8 @@ async fn finish(
     give_up: Arc<Mutex<Option<Instant>>>,
     watchers: Vec<tokio::task::JoinHandle<anyhow::Result<WatcherLog>>>,
 ) -> anyhow::Result<Outcome> {
-    // Let the nemesis heal, then read the final state linearizably.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The final state, read linearizably once the writers are done (retried while faults heal:
+    // the nemesis stops with the writers).
     let c = client(&endpoints, 0).await?;
     let mut final_read = None;
     for _ in 0..30 {
