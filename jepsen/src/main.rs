@@ -12,6 +12,7 @@ use clap::Parser;
 use conclave_jepsen::history::Kind;
 use conclave_jepsen::history::{Recorder, write_jsonl};
 use conclave_jepsen::nemesis::{self, Fault};
+use conclave_jepsen::netns::Network;
 use conclave_jepsen::{append, append_check, edn, lease, linearizable, register, report, watch};
 use conclave_testkit::{Cluster, locate_binary};
 
@@ -27,10 +28,17 @@ struct Cli {
     /// never expire early, abandoned ones expire in time).
     #[arg(long, default_value = "register")]
     workload: String,
-    /// Faults, comma separated: kill, kill-leader, pause, pause-leader, compact (a compaction
-    /// storm; not with the watch workload) (empty: none).
+    /// Faults, comma separated: kill, kill-leader, kill-majority, pause, pause-leader,
+    /// partition-one, partition-leader, partition-halves, partition-bridge (partition: all four;
+    /// they need --net netns), compact (a compaction storm; not with the watch workload)
+    /// (empty: none).
     #[arg(long, default_value = "kill,pause", value_delimiter = ',')]
     nemesis: Vec<String>,
+    /// Network: loopback (nodes on 127.0.0.1 ports; kill and pause faults only) or netns (Linux,
+    /// root: every node in its own network namespace on a private bridge, partitions with
+    /// iptables).
+    #[arg(long, default_value = "loopback")]
+    net: String,
     /// Seconds between a fault and its heal, and between heal and the next fault.
     #[arg(long, default_value_t = 3)]
     interval: u64,
@@ -67,6 +75,22 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Made before the runtime and dropped after it: the nodes (killed when the runtime's tasks
+    // drop the cluster) leave their namespaces before these are removed.
+    let network = match cli.net.as_str() {
+        "loopback" => None,
+        "netns" => match Network::create(cli.nodes) {
+            Ok(network) => Some(Arc::new(network)),
+            Err(e) => {
+                eprintln!("conclave-jepsen: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        other => {
+            eprintln!("conclave-jepsen: unknown --net {other:?} (loopback, netns)");
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,7 +101,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(run(cli)) {
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            outcome = run(cli, network.clone()) => outcome,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    drop(rt);
+    drop(network);
+    match outcome {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("conclave-jepsen: {e:#}");
@@ -99,19 +131,17 @@ fn verdict(valid: bool, summary: String) -> Verdict {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<u8> {
+async fn run(cli: Cli, network: Option<Arc<Network>>) -> anyhow::Result<u8> {
     if !["register", "append", "watch", "lease"].contains(&cli.workload.as_str()) {
         anyhow::bail!(
             "unknown --workload {:?} (register, append, watch, lease)",
             cli.workload
         );
     }
-    let faults = cli
-        .nemesis
-        .iter()
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<Fault>().map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let faults = Fault::parse_list(&cli.nemesis).map_err(anyhow::Error::msg)?;
+    if network.is_none() && faults.iter().any(|f| f.is_partition()) {
+        anyhow::bail!("partition faults need --net netns (root, ip, iptables)");
+    }
     if cli.workload == "watch" && faults.contains(&Fault::Compact) {
         // Its reference is a fault-free watch of the whole run from revision 1.
         anyhow::bail!(
@@ -130,17 +160,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         .store
         .join(format!("{}-{}-{stamp}", cli.workload, cli.target));
     std::fs::create_dir_all(dir.join("nodes"))?;
-    let cluster = Arc::new(
-        Cluster::builder(&binary, cli.nodes)
-            .base_dir(dir.join("nodes"))
-            .keep_dir(true)
-            .start()
-            .await?,
-    );
+    let mut builder = Cluster::builder(&binary, cli.nodes)
+        .base_dir(dir.join("nodes"))
+        .keep_dir(true);
+    if let Some(network) = &network {
+        builder = builder.hosts(network.hosts());
+    }
+    let cluster = Arc::new(builder.start().await?);
     let recorder = Arc::new(Recorder::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let nemesis = tokio::spawn(nemesis::run(
         cluster.clone(),
+        network,
         faults,
         Duration::from_secs(cli.interval),
         recorder.clone(),

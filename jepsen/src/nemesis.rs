@@ -1,8 +1,11 @@
-//! The loopback nemesis: faults that need no root — kill -9 (a random member or the leader), pause
-//! (SIGSTOP, a random member or the leader) and a compaction storm (the history compacted up to
-//! the current revision every [`COMPACT_EVERY`], through random members) — each followed by a heal
-//! (restart, SIGCONT, end of the storm) after one interval, then a quiet interval. Every fault and
-//! heal is an event in the history.
+//! The nemesis: scheduled faults, each followed by a heal after one interval, then a quiet
+//! interval. Process faults need no root: kill -9 (a random member, the leader, or a majority) and
+//! pause (SIGSTOP, a random member or the leader), healed by a restart or SIGCONT. Partitions need
+//! the netns network ([`crate::netns`]): isolate a random member or the leader, split the cluster
+//! into random majority and minority halves, or a bridge (two halves that each see one middle
+//! member, which sees everyone); healed by removing every rule. A compaction storm compacts the
+//! history up to the current revision every [`COMPACT_EVERY`] through random members. Every fault
+//! and heal is an event in the history: "<action> <target>" then "heal <target>".
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -11,10 +14,12 @@ use std::time::Duration;
 use conclave_client::GetOptions;
 use conclave_testkit::Cluster;
 use rand::Rng;
+use rand::seq::SliceRandom;
 use tokio::sync::watch;
 
 use crate::connect::client;
 use crate::history::{Kind, Recorder};
+use crate::netns::{self, Network};
 
 /// How often a compaction storm compacts.
 pub const COMPACT_EVERY: Duration = Duration::from_millis(200);
@@ -26,13 +31,27 @@ pub enum Fault {
     Kill,
     /// kill -9 the leader, restart it at the heal.
     KillLeader,
+    /// kill -9 a random majority of the members, restart them at the heal.
+    KillMajority,
     /// SIGSTOP a random member, SIGCONT at the heal.
     Pause,
     /// SIGSTOP the leader, SIGCONT at the heal.
     PauseLeader,
+    /// Cut a random member off from every other member (netns).
+    PartitionOne,
+    /// Cut the leader off from every other member (netns).
+    PartitionLeader,
+    /// Split the members into a random majority and minority (netns).
+    PartitionHalves,
+    /// Two random halves that cannot talk, and one member that talks to both (netns).
+    PartitionBridge,
     /// Compact at the current revision again and again until the heal.
     Compact,
 }
+
+/// Every name `--nemesis` accepts; `partition` stands for all four partition faults.
+pub const FAULT_NAMES: &str = "kill, kill-leader, kill-majority, pause, pause-leader, \
+    partition (= partition-one, partition-leader, partition-halves, partition-bridge), compact";
 
 impl FromStr for Fault {
     type Err = String;
@@ -41,13 +60,48 @@ impl FromStr for Fault {
         match s {
             "kill" => Ok(Fault::Kill),
             "kill-leader" => Ok(Fault::KillLeader),
+            "kill-majority" => Ok(Fault::KillMajority),
             "pause" => Ok(Fault::Pause),
             "pause-leader" => Ok(Fault::PauseLeader),
+            "partition-one" => Ok(Fault::PartitionOne),
+            "partition-leader" => Ok(Fault::PartitionLeader),
+            "partition-halves" => Ok(Fault::PartitionHalves),
+            "partition-bridge" => Ok(Fault::PartitionBridge),
             "compact" => Ok(Fault::Compact),
-            other => Err(format!(
-                "unknown nemesis {other:?} (kill, kill-leader, pause, pause-leader, compact)"
-            )),
+            other => Err(format!("unknown nemesis {other:?} ({FAULT_NAMES})")),
         }
+    }
+}
+
+impl Fault {
+    /// Parses a `--nemesis` list; empty names are skipped and `partition` expands to every
+    /// partition fault.
+    pub fn parse_list(names: &[String]) -> Result<Vec<Fault>, String> {
+        let mut faults = Vec::new();
+        for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+            if name == "partition" {
+                faults.extend([
+                    Fault::PartitionOne,
+                    Fault::PartitionLeader,
+                    Fault::PartitionHalves,
+                    Fault::PartitionBridge,
+                ]);
+            } else {
+                faults.push(name.parse()?);
+            }
+        }
+        Ok(faults)
+    }
+
+    /// Whether the fault cuts links, which only the netns network can do.
+    pub fn is_partition(self) -> bool {
+        matches!(
+            self,
+            Fault::PartitionOne
+                | Fault::PartitionLeader
+                | Fault::PartitionHalves
+                | Fault::PartitionBridge
+        )
     }
 }
 
@@ -58,9 +112,84 @@ async fn target(cluster: &Cluster, leader: bool) -> usize {
     rand::rng().random_range(0..cluster.len())
 }
 
+/// Members as the history names them: "n1 n3".
+fn names(nodes: &[usize]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("n{}", n + 1))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `len` members in random order.
+fn shuffled(len: usize) -> Vec<usize> {
+    let mut nodes: Vec<usize> = (0..len).collect();
+    nodes.shuffle(&mut rand::rng());
+    nodes
+}
+
+/// A partition: the groups (for the history) and the links it cuts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    /// The groups, e.g. "n1 | n2 n3", or for a bridge "n1 | n2 | n3 (bridge)".
+    pub target: String,
+    /// Links cut, both directions.
+    pub links: Vec<netns::Link>,
+}
+
+/// `isolated` alone against the rest.
+pub fn isolate(len: usize, isolated: usize) -> Partition {
+    let rest: Vec<usize> = (0..len).filter(|&n| n != isolated).collect();
+    Partition {
+        target: format!("{} | {}", names(&[isolated]), names(&rest)),
+        links: netns::split(&[vec![isolated], rest]),
+    }
+}
+
+/// The members in `order` split into a minority (the first `len / 2`) and a majority.
+pub fn halves(order: &[usize]) -> Partition {
+    let (minority, majority) = order.split_at(order.len() / 2);
+    let (mut minority, mut majority) = (minority.to_vec(), majority.to_vec());
+    minority.sort_unstable();
+    majority.sort_unstable();
+    Partition {
+        target: format!("{} | {}", names(&minority), names(&majority)),
+        links: netns::split(&[minority, majority]),
+    }
+}
+
+/// The members in `order`: the middle one sees everyone, the halves on either side of it see only
+/// their own half and the middle member.
+pub fn bridge(order: &[usize]) -> Partition {
+    let middle = order.len() / 2;
+    let mut left = order[..middle].to_vec();
+    let mut right = order[middle + 1..].to_vec();
+    left.sort_unstable();
+    right.sort_unstable();
+    Partition {
+        target: format!(
+            "{} | {} | {} (bridge)",
+            names(&left),
+            names(&order[middle..=middle]),
+            names(&right)
+        ),
+        links: netns::split(&[left, right]),
+    }
+}
+
+/// What a heal has to undo.
+enum Injected {
+    Killed(Vec<usize>),
+    Paused(Vec<usize>),
+    Cut,
+    Nothing,
+}
+
 /// Injects `faults` in turn (random choice) until `stop` turns true, then heals everything.
+/// Partition faults need `network`.
 pub async fn run(
     cluster: Arc<Cluster>,
+    network: Option<Arc<Network>>,
     faults: Vec<Fault>,
     interval: Duration,
     recorder: Arc<Recorder>,
@@ -75,25 +204,21 @@ pub async fn run(
             _ = stop.changed() => break,
         }
         let fault = faults[rand::rng().random_range(0..faults.len())];
-        let stopping = match fault {
-            Fault::Kill => {
-                process_fault(&cluster, false, true, interval, &recorder, &mut stop).await
-            }
-            Fault::KillLeader => {
-                process_fault(&cluster, true, true, interval, &recorder, &mut stop).await
-            }
-            Fault::Pause => {
-                process_fault(&cluster, false, false, interval, &recorder, &mut stop).await
-            }
-            Fault::PauseLeader => {
-                process_fault(&cluster, true, false, interval, &recorder, &mut stop).await
-            }
-            Fault::Compact => {
-                recorder.nemesis(Kind::Info, "compact all");
-                let stopping = compaction_storm(&cluster, interval, &mut stop).await;
-                recorder.nemesis(Kind::Ok, "heal all");
-                stopping
-            }
+        let stopping = if fault == Fault::Compact {
+            recorder.nemesis(Kind::Info, "compact all");
+            let stopping = compaction_storm(&cluster, interval, &mut stop).await;
+            recorder.nemesis(Kind::Ok, "heal all");
+            stopping
+        } else {
+            let (action, target, injected) = inject(fault, &cluster, network.as_deref()).await;
+            recorder.nemesis(Kind::Info, format!("{action} {target}"));
+            let stopping = tokio::select! {
+                _ = tokio::time::sleep(interval) => false,
+                _ = stop.changed() => true,
+            };
+            heal(&cluster, network.as_deref(), injected);
+            recorder.nemesis(Kind::Ok, format!("heal {target}"));
+            stopping
         };
         if stopping {
             break;
@@ -101,32 +226,70 @@ pub async fn run(
     }
 }
 
-/// Kills (`kill`) or pauses a member (the leader if `leader`), and heals it after `interval` or
-/// when `stop` fires. Returns whether `stop` fired.
-async fn process_fault(
+/// Injects a process or network fault: (action, target, what to heal).
+async fn inject(
+    fault: Fault,
     cluster: &Cluster,
-    leader: bool,
-    kill: bool,
-    interval: Duration,
-    recorder: &Recorder,
-    stop: &mut watch::Receiver<bool>,
-) -> bool {
-    let node = target(cluster, leader).await;
-    let (what, done) = if kill {
-        ("kill", cluster.kill(node))
-    } else {
-        ("pause", cluster.pause(node))
+    network: Option<&Network>,
+) -> (&'static str, String, Injected) {
+    let len = cluster.len();
+    let (action, target, injected) = match fault {
+        Fault::Kill | Fault::KillLeader | Fault::KillMajority => {
+            let nodes = if fault == Fault::KillMajority {
+                shuffled(len)[..len / 2 + 1].to_vec()
+            } else {
+                vec![target(cluster, fault == Fault::KillLeader).await]
+            };
+            for &node in &nodes {
+                report(cluster.kill(node));
+            }
+            ("kill", names(&nodes), Injected::Killed(nodes))
+        }
+        Fault::Pause | Fault::PauseLeader => {
+            let node = target(cluster, fault == Fault::PauseLeader).await;
+            report(cluster.pause(node));
+            ("pause", names(&[node]), Injected::Paused(vec![node]))
+        }
+        Fault::PartitionOne
+        | Fault::PartitionLeader
+        | Fault::PartitionHalves
+        | Fault::PartitionBridge => {
+            let partition = match fault {
+                Fault::PartitionOne | Fault::PartitionLeader => {
+                    isolate(len, target(cluster, fault == Fault::PartitionLeader).await)
+                }
+                Fault::PartitionHalves => halves(&shuffled(len)),
+                _ => bridge(&shuffled(len)),
+            };
+            match network {
+                Some(network) => report(network.cut(&partition.links)),
+                None => tracing::warn!("partition faults need --net netns"),
+            }
+            ("partition", partition.target, Injected::Cut)
+        }
+        Fault::Compact => ("compact", "all".into(), Injected::Nothing),
     };
-    recorder.nemesis(Kind::Info, format!("{what} n{}", node + 1));
-    if let Err(e) = done {
-        tracing::warn!(error = %e, "nemesis fault failed");
+    (action, target, injected)
+}
+
+fn heal(cluster: &Cluster, network: Option<&Network>, injected: Injected) {
+    match injected {
+        Injected::Killed(nodes) => nodes.into_iter().for_each(|n| report(cluster.restart(n))),
+        Injected::Paused(nodes) => nodes.into_iter().for_each(|n| report(cluster.resume(n))),
+        Injected::Cut => {
+            if let Some(network) = network {
+                report(network.heal());
+            }
+        }
+        Injected::Nothing => {}
     }
-    let stopping = tokio::select! {
-        _ = tokio::time::sleep(interval) => false,
-        _ = stop.changed() => true,
-    };
-    heal(cluster, node, what, recorder);
-    stopping
+}
+
+/// Logs a fault or heal that could not be carried out (the run goes on).
+fn report<E: std::fmt::Display>(outcome: Result<(), E>) {
+    if let Err(e) = outcome {
+        tracing::warn!(error = %e, "nemesis action failed");
+    }
 }
 
 /// Compacts at the latest revision every [`COMPACT_EVERY`] for `length`, through a random member
@@ -160,14 +323,32 @@ async fn compaction_storm(
     stopping
 }
 
-fn heal(cluster: &Cluster, node: usize, what: &str, recorder: &Recorder) {
-    let outcome = if what == "kill" {
-        cluster.restart(node)
-    } else {
-        cluster.resume(node)
-    };
-    if let Err(e) = outcome {
-        tracing::warn!(error = %e, "nemesis heal failed");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_shapes() {
+        let one = isolate(3, 1);
+        assert_eq!(one.target, "n2 | n1 n3");
+        assert_eq!(one.links, vec![(0, 1), (1, 2)]);
+        let split = halves(&[4, 0, 2, 1, 3]);
+        assert_eq!(split.target, "n1 n5 | n2 n3 n4");
+        assert_eq!(split.links.len(), 6);
+        let five = bridge(&[4, 0, 2, 1, 3]);
+        assert_eq!(five.target, "n1 n5 | n3 | n2 n4 (bridge)");
+        // n3 keeps every link; n1 and n5 lose n2 and n4.
+        assert_eq!(five.links, vec![(0, 1), (0, 3), (1, 4), (3, 4)]);
+        assert_eq!(bridge(&[2, 0, 1]).links, vec![(1, 2)]);
     }
-    recorder.nemesis(Kind::Ok, format!("heal n{}", node + 1));
+
+    #[test]
+    fn nemesis_lists() {
+        let all = Fault::parse_list(&["kill".into(), "".into(), "partition".into()]).unwrap();
+        assert_eq!(all.len(), 5);
+        assert_eq!(all.iter().filter(|f| f.is_partition()).count(), 4);
+        assert!(Fault::parse_list(&["kill-majority".into()]).is_ok());
+        let err = Fault::parse_list(&["split".into()]).unwrap_err();
+        assert!(err.contains("partition-bridge"), "{err}");
+    }
 }

@@ -86,6 +86,24 @@ impl NodeState {
     }
 }
 
+/// Where a node runs when it is not on loopback: its own address (it listens on `address:2379` for
+/// clients and `address:2380` for peers) and the command that launches a program there, e.g.
+/// `ip netns exec NS` (the binary and its arguments are appended). The launcher must `exec` the
+/// program, so that signals sent to the child's pid reach the node itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// IP address the node listens on and advertises.
+    pub address: String,
+    /// Program and arguments placed before the node's binary (empty: run it directly).
+    pub launcher: Vec<OsString>,
+}
+
+/// Client port of a node placed on its own [`Host`] (etcd's default).
+pub const HOST_CLIENT_PORT: u16 = 2379;
+
+/// Peer port of a node placed on its own [`Host`] (etcd's default).
+pub const HOST_PEER_PORT: u16 = 2380;
+
 /// Configures and starts a [`Cluster`].
 #[derive(Clone, Debug)]
 pub struct ClusterBuilder {
@@ -100,6 +118,7 @@ pub struct ClusterBuilder {
     base_dir: Option<PathBuf>,
     ready_timeout: Duration,
     client_options: ConnectOptions,
+    hosts: Vec<Host>,
 }
 
 impl ClusterBuilder {
@@ -124,7 +143,14 @@ impl ClusterBuilder {
             client_options: ConnectOptions::new()
                 .with_dial_timeout(Duration::from_secs(1))
                 .with_request_timeout(Duration::from_secs(5)),
+            hosts: Vec::new(),
         }
+    }
+
+    /// Places node `i` on `hosts[i]` instead of on a free loopback port pair (one host per node).
+    pub fn hosts(mut self, hosts: Vec<Host>) -> Self {
+        self.hosts = hosts;
+        self
     }
 
     /// `--heartbeat-interval` in milliseconds.
@@ -207,6 +233,12 @@ impl ClusterBuilder {
         if !self.binary.is_file() {
             return Err(Error::BinaryNotFound(self.binary));
         }
+        if !self.hosts.is_empty() && self.hosts.len() != self.nodes {
+            return Err(Error::HostCount {
+                hosts: self.hosts.len(),
+                nodes: self.nodes,
+            });
+        }
         let io = |context: String| move |source| Error::Io { context, source };
         let dir = match &self.base_dir {
             Some(base) => TempDir::with_prefix_in("conclave-testkit-", base),
@@ -218,10 +250,22 @@ impl ClusterBuilder {
 
         let mut nodes = Vec::with_capacity(self.nodes);
         for index in 0..self.nodes {
+            let (host, client_port, peer_port) = match self.hosts.get(index) {
+                Some(host) => (host.clone(), HOST_CLIENT_PORT, HOST_PEER_PORT),
+                None => (
+                    Host {
+                        address: "127.0.0.1".into(),
+                        launcher: Vec::new(),
+                    },
+                    free_port()?,
+                    free_port()?,
+                ),
+            };
             nodes.push(Node {
                 name: format!("n{}", index + 1),
-                client_port: free_port()?,
-                peer_port: free_port()?,
+                host,
+                client_port,
+                peer_port,
                 data_dir: path.join(format!("n{}", index + 1)),
                 log_path: path.join(format!("n{}.log", index + 1)),
                 args: Vec::new(),
@@ -323,6 +367,7 @@ fn cluster_token() -> String {
 
 struct Node {
     name: String,
+    host: Host,
     client_port: u16,
     peer_port: u16,
     data_dir: PathBuf,
@@ -337,11 +382,11 @@ struct Node {
 
 impl Node {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host.address, self.client_port)
     }
 
     fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://{}:{}", self.host.address, self.peer_port)
     }
 
     /// Starts the process; stdout and stderr are appended to the node's log.
@@ -355,12 +400,14 @@ impl Node {
         self.starts += 1;
         writeln!(
             log,
-            "===== conclave-testkit: start #{} of {}: {} {} =====",
+            "===== conclave-testkit: start #{} of {}: {} =====",
             self.starts,
             self.name,
-            binary.display(),
-            self.args
+            self.host
+                .launcher
                 .iter()
+                .chain([&binary.as_os_str().to_owned()])
+                .chain(&self.args)
                 .map(|a| a.to_string_lossy())
                 .collect::<Vec<_>>()
                 .join(" ")
@@ -369,7 +416,15 @@ impl Node {
         let stderr = log
             .try_clone()
             .map_err(io(format!("duplicating {}", self.log_path.display())))?;
-        let child = Command::new(binary)
+        let mut command = match self.host.launcher.split_first() {
+            Some((program, launcher_args)) => {
+                let mut command = Command::new(program);
+                command.args(launcher_args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .args(&self.args)
             .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -31,6 +31,15 @@ pub enum Error {
     #[error("a cluster needs at least one node")]
     NoNodes,
 
+    /// [`crate::ClusterBuilder::hosts`] was given a list whose length is not the node count.
+    #[error("{hosts} hosts given for {nodes} nodes (one host per node)")]
+    HostCount {
+        /// Hosts given.
+        hosts: usize,
+        /// Nodes asked for.
+        nodes: usize,
+    },
+
     /// A node index outside the cluster.
     #[error("node index {index} out of range (the cluster has {len} nodes)")]
     NoSuchNode {

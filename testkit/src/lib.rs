@@ -10,7 +10,8 @@ mod ports;
 
 pub use cluster::{
     BIN_ENV, Cluster, ClusterBuilder, DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS,
-    DEFAULT_READY_TIMEOUT, KEEP_ENV, NodeState, locate_binary,
+    DEFAULT_READY_TIMEOUT, HOST_CLIENT_PORT, HOST_PEER_PORT, Host, KEEP_ENV, NodeState,
+    locate_binary,
 };
 pub use error::Error;
 pub use ports::free_port;

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use conclave_testkit::{Cluster, Error, NodeState};
+use conclave_testkit::{Cluster, Error, Host, NodeState};
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
@@ -48,6 +48,11 @@ async fn process_control_with_stand_in_nodes() {
         "echo \"stand-in $*\"\nexec sleep 600",
     );
     let crasher = script(scripts.path(), "crasher", "echo crashing >&2\nexit 3");
+    let launcher = script(
+        scripts.path(),
+        "launcher",
+        "echo \"launched $1\"\nexec \"$@\"",
+    );
 
     // --- start three stand-ins and look at what they were given
     let cluster = Cluster::builder(&sleeper, 3)
@@ -138,6 +143,44 @@ async fn process_control_with_stand_in_nodes() {
     if std::env::var_os(conclave_testkit::KEEP_ENV).is_none() {
         assert!(!dir.exists());
     }
+
+    // --- nodes placed on hosts: their own address, fixed ports, started through a launcher that
+    // execs them (so the pid, and every signal, is the node's own)
+    let hosts: Vec<Host> = (1..=3)
+        .map(|i| Host {
+            address: format!("127.77.0.{i}"),
+            launcher: vec![launcher.clone().into()],
+        })
+        .collect();
+    let err = Cluster::builder(&sleeper, 2)
+        .hosts(hosts.clone())
+        .spawn()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::HostCount { hosts: 3, nodes: 2 }),
+        "{err:?}"
+    );
+    let cluster = Cluster::builder(&sleeper, 3)
+        .hosts(hosts)
+        .spawn()
+        .await
+        .unwrap();
+    assert_eq!(cluster.client_endpoint(1), "http://127.77.0.2:2379");
+    assert_eq!(cluster.peer_url(2).unwrap(), "http://127.77.0.3:2380");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = std::fs::read_to_string(cluster.log_path(1).unwrap()).unwrap();
+    assert!(log.contains("launched "), "{log}");
+    assert!(
+        log.contains("--initial-cluster n1=http://127.77.0.1:2380,n2=http://127.77.0.2:2380"),
+        "{log}"
+    );
+    let pid = cluster.pid(1).unwrap().unwrap();
+    cluster.pause(1).unwrap();
+    assert_eq!(eventually(pid, |s| s == Some('T')).await, Some('T'));
+    cluster.kill(1).unwrap();
+    assert_eq!(proc_state(pid), None);
+    drop(cluster);
 
     // --- a node that exits on its own is reported with its exit status and log
     let cluster = Cluster::builder(&crasher, 1).spawn().await.unwrap();
