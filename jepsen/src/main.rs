@@ -13,7 +13,9 @@ use conclave_jepsen::history::Kind;
 use conclave_jepsen::history::{Recorder, write_jsonl};
 use conclave_jepsen::nemesis::{self, Fault};
 use conclave_jepsen::netns::Network;
-use conclave_jepsen::{append, append_check, edn, lease, linearizable, register, report, watch};
+use conclave_jepsen::{
+    append, append_check, edn, lease, linearizable, lock, lock_check, register, report, watch,
+};
 use conclave_testkit::{Cluster, locate_binary};
 
 #[derive(Parser)]
@@ -24,8 +26,9 @@ use conclave_testkit::{Cluster, locate_binary};
 )]
 struct Cli {
     /// Workload: register (read / write / compare-and-set per key), append (multi-key
-    /// transactions, strict serializability), watch (watch guarantees) or lease (kept-alive leases
-    /// never expire early, abandoned ones expire in time).
+    /// transactions, strict serializability), watch (watch guarantees), lease (kept-alive leases
+    /// never expire early, abandoned ones expire in time) or lock (fenced increments under a
+    /// lease-backed lock: no lost update, one holder at a time).
     #[arg(long, default_value = "register")]
     workload: String,
     /// Faults, comma separated: kill, kill-leader, kill-majority, pause, pause-leader,
@@ -132,9 +135,9 @@ fn verdict(valid: bool, summary: String) -> Verdict {
 }
 
 async fn run(cli: Cli, network: Option<Arc<Network>>) -> anyhow::Result<u8> {
-    if !["register", "append", "watch", "lease"].contains(&cli.workload.as_str()) {
+    if !["register", "append", "watch", "lease", "lock"].contains(&cli.workload.as_str()) {
         anyhow::bail!(
-            "unknown --workload {:?} (register, append, watch, lease)",
+            "unknown --workload {:?} (register, append, watch, lease, lock)",
             cli.workload
         );
     }
@@ -189,6 +192,7 @@ async fn run(cli: Cli, network: Option<Arc<Network>>) -> anyhow::Result<u8> {
         "register" => run_register(&cli, endpoints, &recorder).await,
         "append" => run_append(&cli, endpoints, &recorder, &dir).await,
         "watch" => run_watch(&cli, endpoints).await,
+        "lock" => run_lock(&cli, endpoints, &recorder, &dir).await,
         _ => run_lease(&cli, endpoints).await,
     };
     nemesis.await?;
@@ -342,6 +346,56 @@ async fn run_watch(cli: &Cli, endpoints: Vec<String>) -> Finished {
         results: serde_json::to_string_pretty(&outcome)?,
         verdict: verdict(valid, summary),
         ops: Vec::new(),
+    })
+}
+
+async fn run_lock(cli: &Cli, endpoints: Vec<String>, recorder: &Recorder, dir: &Path) -> Finished {
+    let settings = lock::Settings {
+        workers: cli.workers,
+        ttl: 3,
+        duration: Duration::from_secs(cli.time),
+        stall_probability: 0.01,
+    };
+    let outcome = lock::run(endpoints, settings, recorder.start()).await?;
+    let mut lines = String::new();
+    for w in &outcome.writes {
+        lines.push_str(&serde_json::to_string(w)?);
+        lines.push('\n');
+    }
+    std::fs::write(dir.join("history.jsonl"), lines)?;
+    let report = lock_check::check(&outcome.writes, outcome.final_value);
+    let summary = format!(
+        "{} acquisitions ({} gave up), {} fenced writes ({} ok, {} refused, {} unknown), {} stalls \
+         ({} stalled writes refused), final counter {}, {} anomalies",
+        outcome.acquisitions,
+        outcome.acquire_failures,
+        outcome.writes.len(),
+        report.writes_ok,
+        report.writes_refused,
+        report.writes_unknown,
+        outcome.stalls,
+        report.stalled_refused,
+        outcome.final_value,
+        report.anomaly_count,
+    );
+    let ops = outcome
+        .writes
+        .iter()
+        .map(|w| report::Timed {
+            invoke: w.invoke_ns as f64 / 1e9,
+            complete: w.complete_ns as f64 / 1e9,
+            kind: w.outcome,
+        })
+        .collect();
+    Ok(Finish {
+        results: serde_json::to_string_pretty(&serde_json::json!({
+            "report": report,
+            "acquisitions": outcome.acquisitions,
+            "acquire_failures": outcome.acquire_failures,
+            "stalls": outcome.stalls,
+        }))?,
+        verdict: verdict(report.valid, summary),
+        ops,
     })
 }
 
