@@ -142,14 +142,9 @@ async fn run(cli: Cli, network: Option<Arc<Network>>) -> anyhow::Result<u8> {
         );
     }
     let faults = Fault::parse_list(&cli.nemesis).map_err(anyhow::Error::msg)?;
+    let compaction = faults.contains(&Fault::Compact);
     if network.is_none() && faults.iter().any(|f| f.is_partition()) {
         anyhow::bail!("partition faults need --net netns (root, ip, iptables)");
-    }
-    if cli.workload == "watch" && faults.contains(&Fault::Compact) {
-        // Its reference is a fault-free watch of the whole run from revision 1.
-        anyhow::bail!(
-            "the watch workload cannot run under the compact nemesis yet: its reference needs the whole history"
-        );
     }
     let binary = match cli.target.as_str() {
         "conclave" => locate_binary()?,
@@ -191,7 +186,7 @@ async fn run(cli: Cli, network: Option<Arc<Network>>) -> anyhow::Result<u8> {
     let outcome = match cli.workload.as_str() {
         "register" => run_register(&cli, endpoints, &recorder).await,
         "append" => run_append(&cli, endpoints, &recorder, &dir).await,
-        "watch" => run_watch(&cli, endpoints).await,
+        "watch" => run_watch(&cli, endpoints, compaction).await,
         "lock" => run_lock(&cli, endpoints, &recorder, &dir).await,
         _ => run_lease(&cli, endpoints).await,
     };
@@ -320,20 +315,22 @@ async fn run_append(
     })
 }
 
-async fn run_watch(cli: &Cli, endpoints: Vec<String>) -> Finished {
+async fn run_watch(cli: &Cli, endpoints: Vec<String>, compaction: bool) -> Finished {
     let settings = watch::Settings {
         writers: cli.workers.div_ceil(2),
         watchers: cli.workers / 2 + 1,
         keys: cli.keys,
         duration: Duration::from_secs(cli.time),
+        compaction,
     };
     let outcome = watch::run(endpoints, settings).await?;
     let valid = outcome.reference_ok.is_ok() && outcome.anomalies.is_empty();
     let summary = format!(
-        "{} acknowledged writes, {} reference events, watchers delivered {:?}, {} anomalies{}",
+        "{} acknowledged writes, {} reference events, watchers delivered {:?}, {} compacted gaps, {} anomalies{}",
         outcome.writes,
         outcome.reference_events,
         outcome.delivered,
+        outcome.gaps,
         outcome.anomalies.len(),
         outcome
             .reference_ok

@@ -105,7 +105,11 @@ impl WatchHub {
                 let resp = WatchResponse {
                     header: Some(self.header(revision)),
                     watch_id: job.watch_id,
-                    compact_revision: compacted,
+                    // The oldest revision a new watch can start from. A watch *at* the compaction
+                    // point is refused (compaction dropped deletes made at it, and previous
+                    // values), so answering the compaction point itself would send a client that
+                    // resumes from `compact_revision`, as etcd's docs advise, round in circles.
+                    compact_revision: compacted + 1,
                     // etcd sends no reason: clients recognise compaction by this field.
                     canceled: true,
                     ..Default::default()

@@ -238,8 +238,29 @@ fn a_compacted_start_revision_cancels_with_compact_revision() {
     let got = drain(&mut rx);
     assert!(got[0].created);
     assert!(got[1].canceled);
-    assert_eq!(got[1].compact_revision, at);
+    assert_eq!(got[1].compact_revision, at + 1);
     assert_eq!(h.hub.watcher_count(), 0);
+}
+
+/// Found by the harness (watch workload under a compaction storm): the server refused a watch at
+/// the compaction point but named that same point as `compact_revision`, so a client resuming from
+/// it was refused again, forever. Resuming from the `compact_revision` answered must work.
+#[test]
+fn resuming_from_the_answered_compact_revision_is_accepted() {
+    let h = Hub::new();
+    let r = h.write(&[("k", Some("1"))]);
+    let at = h.write(&[("k", None)]);
+    let after = h.write(&[("k", Some("2"))]);
+    h.f.apply(|w| w.compact(at).unwrap());
+    let (s, tx, mut rx) = h.stream(16);
+    h.watch(s, &tx, 0, prefix("k"), r);
+    catch_up_once(&h.hub, &h.f.store);
+    let resume_at = drain(&mut rx)[1].compact_revision;
+    h.watch(s, &tx, 1, prefix("k"), resume_at);
+    while catch_up_once(&h.hub, &h.f.store) {}
+    let got = drain(&mut rx);
+    assert!(got.iter().all(|r| !r.canceled), "{got:?}");
+    assert_eq!(events(&got), vec![(after, "k".into(), false)]);
 }
 
 #[test]
