@@ -4,8 +4,10 @@
 //! appends reads its keys first, then commits in one Txn that compares every key's mod revision
 //! with what it read and writes the new lists: it commits only if nothing changed in between, so
 //! its reads and writes take effect at one revision. A failed compare is a definite failure; an
-//! error of the commit is an unknown outcome. At the end, one transaction reads every key (the
-//! final read that reveals lost appends). [`crate::append_check`] checks the history.
+//! error of the commit is an unknown outcome. Transactions pick from `--keys` active keys; a key
+//! that got [`MAX_APPENDS_PER_KEY`] appends is retired for a fresh one (as Elle's workloads do), so
+//! lists stay short. At the end, transactions of up to 64 reads read every key used (the final
+//! read that reveals lost appends). [`crate::append_check`] checks the history.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,9 @@ pub struct Settings {
     pub keys: u32,
     pub duration: Duration,
 }
+
+/// Keys read by one transaction of the final read.
+const FINAL_READ_CHUNK: usize = 64;
 
 fn key_name(k: u32) -> String {
     format!("jepsen/append/{k}")
@@ -124,17 +129,63 @@ async fn perform(client: &Client, mops: Vec<Mop>) -> (Outcome, Vec<Mop>) {
     }
 }
 
-fn random_txn(keys: u32, next_value: &mut impl FnMut() -> i64) -> Vec<Mop> {
+/// The keys transactions pick from: `--keys` active keys, each retired for a fresh one after
+/// [`MAX_APPENDS_PER_KEY`] appends. Lists stay short, so reads, the history and the checker's
+/// version orders stay small however long the run (with a fixed set of keys, every read copies an
+/// ever longer list: 4 GB of history after 5 minutes).
+struct KeySpace {
+    active: Vec<u32>,
+    appends: Vec<u32>,
+    next: u32,
+}
+
+/// Appends issued to one key before it is retired.
+pub const MAX_APPENDS_PER_KEY: u32 = 128;
+
+impl KeySpace {
+    fn new(keys: u32) -> Self {
+        KeySpace {
+            active: (0..keys).collect(),
+            appends: vec![0; keys as usize],
+            next: keys,
+        }
+    }
+
+    /// A random active key, for a read (`append` false) or an append.
+    fn pick(&mut self, append: bool) -> u32 {
+        let slot = rand::rng().random_range(0..self.active.len());
+        let key = self.active[slot];
+        if append {
+            self.appends[slot] += 1;
+            if self.appends[slot] >= MAX_APPENDS_PER_KEY {
+                self.active[slot] = self.next;
+                self.appends[slot] = 0;
+                self.next += 1;
+            }
+        }
+        key
+    }
+
+    /// Every key used so far.
+    fn used(&self) -> u32 {
+        self.next
+    }
+}
+
+fn random_txn(keys: &Mutex<KeySpace>, next_value: &mut impl FnMut() -> i64) -> Vec<Mop> {
     let mut rng = rand::rng();
     let n = rng.random_range(1..=4);
+    let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
     (0..n)
         .map(|_| {
-            let key = rng.random_range(0..keys);
             if rng.random_bool(0.5) {
-                Mop::R { key, value: None }
+                Mop::R {
+                    key: keys.pick(false),
+                    value: None,
+                }
             } else {
                 Mop::Append {
-                    key,
+                    key: keys.pick(true),
                     value: next_value(),
                 }
             }
@@ -165,10 +216,12 @@ pub async fn run(
         }
     };
     let deadline = Instant::now() + s.duration;
+    let space = Arc::new(Mutex::new(KeySpace::new(s.keys.max(1))));
     let mut tasks = Vec::new();
     for id in 0..s.workers {
         let c = client(&endpoints, id).await?;
         let record = record.clone();
+        let space = space.clone();
         tasks.push(tokio::spawn(async move {
             let mut counter: i64 = 0;
             let mut next_value = || {
@@ -176,7 +229,7 @@ pub async fn run(
                 (id as i64) * 1_000_000_000 + counter
             };
             while Instant::now() < deadline {
-                let mops = random_txn(s.keys, &mut next_value);
+                let mops = random_txn(&space, &mut next_value);
                 let invoked = Instant::now();
                 let (outcome, done) = perform(&c, mops).await;
                 record(id, invoked, outcome, done);
@@ -186,26 +239,30 @@ pub async fn run(
     for t in tasks {
         t.await?;
     }
-    // The final read, retried until the healed cluster answers.
+    // The final read of every key used, retried until the healed cluster answers; in chunks, as
+    // a transaction holds at most 128 operations by default.
     let c = client(&endpoints, 0).await?;
-    let keys: Vec<u32> = (0..s.keys).collect();
-    let give_up = Instant::now() + Duration::from_secs(60);
-    loop {
-        let invoked = Instant::now();
-        match c.kv().txn(read_all(&keys)).await {
-            Ok(r) => {
-                let mops = lists(&keys, &r)
-                    .into_iter()
-                    .map(|(key, (list, _))| Mop::R {
-                        key,
-                        value: Some(list),
-                    })
-                    .collect();
-                record(s.workers, invoked, Outcome::Ok, mops);
-                break;
+    let used = space.lock().unwrap_or_else(|p| p.into_inner()).used();
+    let keys: Vec<u32> = (0..used).collect();
+    for chunk in keys.chunks(FINAL_READ_CHUNK) {
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            let invoked = Instant::now();
+            match c.kv().txn(read_all(chunk)).await {
+                Ok(r) => {
+                    let mops = lists(chunk, &r)
+                        .into_iter()
+                        .map(|(key, (list, _))| Mop::R {
+                            key,
+                            value: Some(list),
+                        })
+                        .collect();
+                    record(s.workers, invoked, Outcome::Ok, mops);
+                    break;
+                }
+                Err(e) if Instant::now() > give_up => anyhow::bail!("final read failed: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
-            Err(e) if Instant::now() > give_up => anyhow::bail!("final read failed: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
     let out = history.lock().unwrap_or_else(|p| p.into_inner()).clone();

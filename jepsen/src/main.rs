@@ -54,7 +54,7 @@ struct Cli {
     /// Concurrent clients.
     #[arg(long, default_value_t = 10)]
     workers: usize,
-    /// Register keys (append: list keys).
+    /// Register keys (append: active list keys, each retired after 128 appends).
     #[arg(long, default_value_t = 8)]
     keys: u32,
     /// conclave (default: the built binary, or $CONCLAVE_BIN) or etcd (from PATH).
