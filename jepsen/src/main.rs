@@ -207,12 +207,17 @@ async fn run(cli: Cli, network: Option<Arc<Network>>) -> anyhow::Result<u8> {
     }
     std::fs::write(dir.join("results.json"), &finish.results)?;
     let summary = format!("{}, target {}", finish.verdict.summary, cli.target);
+    let windows = report::windows(&faults);
+    let timeline = finish
+        .violation
+        .unwrap_or_else(|| report::around_first_fault(&finish.ops, &windows));
     let page = report::Page {
         title: format!("{} on {}", cli.workload, cli.target),
         valid: finish.verdict.code == 0,
         summary: &summary,
-        faults: report::windows(&faults),
+        faults: windows,
         ops: finish.ops,
+        timeline,
         results_json: &finish.results,
     };
     std::fs::write(dir.join("report.html"), report::render(&page))?;
@@ -227,6 +232,8 @@ struct Finish {
     verdict: Verdict,
     /// Timed operations for the report's charts (none for watch and lease).
     ops: Vec<report::Timed>,
+    /// The violation to draw, when the checker found one it can show as operations.
+    violation: Option<report::Timeline>,
 }
 
 type Finished = anyhow::Result<Finish>;
@@ -255,6 +262,7 @@ async fn run_register(cli: &Cli, endpoints: Vec<String>, recorder: &Arc<Recorder
         results: serde_json::to_string_pretty(&report)?,
         verdict: v,
         ops: report::register_ops(&history),
+        violation: report::register_violation(&history, &report),
     })
 }
 
@@ -299,6 +307,7 @@ async fn run_append(
     let ops = history
         .iter()
         .map(|t| report::Timed {
+            process: t.process,
             invoke: t.invoke_ns as f64 / 1e9,
             complete: t.complete_ns as f64 / 1e9,
             kind: match t.outcome {
@@ -312,6 +321,7 @@ async fn run_append(
         results: serde_json::to_string_pretty(&report)?,
         verdict: verdict(report.valid, summary),
         ops,
+        violation: None,
     })
 }
 
@@ -343,6 +353,7 @@ async fn run_watch(cli: &Cli, endpoints: Vec<String>, compaction: bool) -> Finis
         results: serde_json::to_string_pretty(&outcome)?,
         verdict: verdict(valid, summary),
         ops: Vec::new(),
+        violation: None,
     })
 }
 
@@ -379,6 +390,7 @@ async fn run_lock(cli: &Cli, endpoints: Vec<String>, recorder: &Recorder, dir: &
         .writes
         .iter()
         .map(|w| report::Timed {
+            process: w.worker,
             invoke: w.invoke_ns as f64 / 1e9,
             complete: w.complete_ns as f64 / 1e9,
             kind: w.outcome,
@@ -393,6 +405,7 @@ async fn run_lock(cli: &Cli, endpoints: Vec<String>, recorder: &Recorder, dir: &
         }))?,
         verdict: verdict(report.valid, summary),
         ops,
+        violation: None,
     })
 }
 
@@ -418,6 +431,7 @@ async fn run_lease(cli: &Cli, endpoints: Vec<String>) -> Finished {
         results: serde_json::to_string_pretty(&outcome)?,
         verdict: verdict(outcome.anomalies.is_empty(), summary),
         ops: Vec::new(),
+        violation: None,
     })
 }
 
