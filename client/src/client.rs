@@ -344,6 +344,20 @@ impl Client {
         }
     }
 
+    /// Every endpoint, in the client's order.
+    pub(crate) fn connections(&self) -> Vec<Connection> {
+        self.inner
+            .members
+            .iter()
+            .enumerate()
+            .map(|(index, member)| Connection {
+                index,
+                url: member.url.clone(),
+                channel: member.channel.clone(),
+            })
+            .collect()
+    }
+
     /// Moves the current endpoint past `failed`, unless another caller already moved it.
     pub(crate) fn rotate_from(&self, failed: usize) {
         let next = (failed + 1) % self.inner.members.len();

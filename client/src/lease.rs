@@ -3,8 +3,10 @@
 //! Contract: grant and revoke are writes (never sent twice unless the first attempt provably did
 //! not leave this process; an ambiguous failure is [`Error::Unknown`]); time-to-live and the lease
 //! list are reads and fail over. A [`KeepAlive`] owns a background task that renews its lease every
-//! TTL/3 over a LeaseKeepAlive stream, re-opening the stream on the next endpoint after any
-//! failure, until the lease is known lost: the server answers that it does not exist (TTL <= 0),
+//! TTL/3 over a LeaseKeepAlive stream. After a failed renewal the next one goes to every endpoint
+//! at once (renewing is idempotent) and the first answer wins, so one member that does not answer
+//! after another cannot use up the TTL; the winner's stream is kept. This goes on until the lease
+//! is known lost: the server answers that it does not exist (TTL <= 0),
 //! or its local deadline passes without a renewal. The deadline is the send time of the last
 //! acknowledged renewal plus the TTL it returned, so it never runs later than the server's. Loss is
 //! published the moment it is known ([`KeepAlive::lost`]). Dropping the handle stops the task
@@ -324,14 +326,59 @@ async fn renew(
     session: &mut Option<KeepAliveStream>,
     limit: Duration,
 ) -> Renewal {
-    let sent_at = Instant::now();
-    // Where the request goes: the open stream's endpoint, or the current one for a new stream.
-    let (index, url, connection) = match session.as_ref() {
-        Some(stream) => (stream.index(), stream.url().to_owned(), None),
-        None => {
-            let connection = client.current_connection();
-            (connection.index, connection.url.clone(), Some(connection))
+    let connection = session.is_none().then(|| client.current_connection());
+    renew_via(connection, id, session, limit).await
+}
+
+/// Sends one renewal on a new stream to every endpoint at once and returns the first definite
+/// answer (renewed, or not found) with the stream that gave it; the other streams are dropped.
+/// When no endpoint answers, the last failure.
+async fn renew_everywhere(
+    client: &Client,
+    id: i64,
+    limit: Duration,
+) -> (Renewal, Option<KeepAliveStream>) {
+    let mut attempts = tokio::task::JoinSet::new();
+    for connection in client.connections() {
+        attempts.spawn(async move {
+            let mut session = None;
+            let renewal = renew_via(Some(connection), id, &mut session, limit).await;
+            (renewal, session)
+        });
+    }
+    let mut last = (
+        Renewal::Failed(Broken {
+            index: client.current_index(),
+            url: client.current_endpoint(),
+            status: Status::unavailable("no endpoint answered the keep-alive"),
+        }),
+        None,
+    );
+    while let Some(joined) = attempts.join_next().await {
+        match joined {
+            Ok((renewal @ (Renewal::Renewed { .. } | Renewal::NotFound), session)) => {
+                return (renewal, session);
+            }
+            Ok(failed) => last = failed,
+            Err(e) => tracing::debug!(error = %e, "a hedged keep-alive attempt ended abnormally"),
         }
+    }
+    last
+}
+
+/// [`renew`] on `connection` when there is no stream yet.
+async fn renew_via(
+    connection: Option<Connection>,
+    id: i64,
+    session: &mut Option<KeepAliveStream>,
+    limit: Duration,
+) -> Renewal {
+    let sent_at = Instant::now();
+    // Where the request goes: the open stream's endpoint, or `connection` for a new stream.
+    let (index, url) = match (session.as_ref(), connection.as_ref()) {
+        (Some(stream), _) => (stream.index(), stream.url().to_owned()),
+        (None, Some(connection)) => (connection.index, connection.url.clone()),
+        (None, None) => (0, String::new()),
     };
     let result = match tokio::time::timeout(limit, exchange(connection, id, session)).await {
         Ok(result) => result,
@@ -386,8 +433,9 @@ async fn exchange(
     }
 }
 
-/// The keep-alive task: renews every TTL/3, reconnects after failures with backoff, and publishes
-/// the loss of the lease (then stops) as soon as it is known.
+/// The keep-alive task: renews every TTL/3; after a failure renews on every endpoint at once
+/// (with backoff while nothing answers); publishes the loss of the lease (then stops) as soon as it
+/// is known.
 async fn keep_alive_task(
     client: Client,
     id: i64,
@@ -402,7 +450,13 @@ async fn keep_alive_task(
         let limit = exchange_timeout(request_timeout, ttl);
         let renewal = tokio::time::timeout_at(deadline, async {
             tokio::time::sleep_until(next_send).await;
-            renew(&client, id, &mut session, limit).await
+            if failures == 0 {
+                renew(&client, id, &mut session, limit).await
+            } else {
+                let (renewal, winner) = renew_everywhere(&client, id, limit).await;
+                session = winner;
+                renewal
+            }
         })
         .await;
         match renewal {
@@ -425,7 +479,7 @@ async fn keep_alive_task(
                 next_send = sent_at + renew_interval(ttl);
             }
             Ok(Renewal::Failed(broken)) => {
-                tracing::debug!(lease = id, endpoint = %broken.url, status = %broken.status, "keep-alive failed; trying the next endpoint");
+                tracing::debug!(lease = id, endpoint = %broken.url, status = %broken.status, "keep-alive failed; trying every endpoint");
                 client.rotate_from(broken.index);
                 next_send = Instant::now() + client.options().backoff(failures);
                 failures = failures.saturating_add(1);

@@ -612,3 +612,38 @@ async fn keep_alive_survives_a_kill_of_its_member() {
     assert!(left.ttl > 0, "the lease is alive: {left:?}");
     assert_ne!(owner.current_endpoint(), endpoints[0]);
 }
+
+/// Found by the harness (lease workload under partitions): a renewal waits up to TTL/3 for its
+/// answer, so two members that answered nothing, tried one after the other, used up a 3 s TTL
+/// although a quorum was healthy. After a failed renewal the client now renews on every endpoint
+/// at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_alive_lease_survives_two_silent_members_in_a_row() {
+    let c = cluster(5).await;
+    let leader = c.leader_index().await.unwrap();
+    let silent: Vec<usize> = (0..5).filter(|&i| i != leader).take(2).collect();
+    // The client tries the two members that will fall silent first, in that order.
+    let mut endpoints: Vec<String> = silent.iter().map(|&i| c.client_endpoint(i)).collect();
+    endpoints.extend(
+        (0..5)
+            .filter(|i| !silent.contains(i))
+            .map(|i| c.client_endpoint(i)),
+    );
+    let client = Client::connect(endpoints, options()).await.unwrap();
+    let id = client.lease().grant(3, None).await.unwrap().id;
+    let keep_alive = client.lease().keep_alive(id).await.unwrap();
+    for &i in &silent {
+        c.pause(i).unwrap();
+    }
+    sleep(Duration::from_secs(8)).await;
+    let loss = keep_alive.loss();
+    for &i in &silent {
+        c.resume(i).unwrap();
+    }
+    assert_eq!(
+        loss, None,
+        "the lease was given up while 3 of 5 members were healthy"
+    );
+    let left = client.lease().time_to_live(id, false).await.unwrap();
+    assert!(left.ttl > 0, "{left:?}");
+}
