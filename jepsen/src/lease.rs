@@ -47,6 +47,18 @@ pub struct Outcome {
     /// Longest time from grant to disappearance of an abandoned lease's key, in ms.
     pub slowest_expiry_ms: u128,
     pub anomalies: Vec<Anomaly>,
+    /// Every abandoned lease, for the history file (not in results.json).
+    #[serde(skip)]
+    pub abandoned_leases: Vec<AbandonedLease>,
+}
+
+/// An abandoned lease as the monitor saw it, times in ms since the workload started.
+#[derive(Debug, Clone, Serialize)]
+pub struct AbandonedLease {
+    pub key: String,
+    pub granted_ms: u128,
+    /// When the monitor first saw its key gone (None: never).
+    pub gone_ms: Option<u128>,
 }
 
 struct Abandoned {
@@ -188,5 +200,13 @@ pub async fn run(endpoints: Vec<String>, s: Settings) -> anyhow::Result<Outcome>
         abandoned_expired: abandoned.iter().filter(|a| a.gone.is_some()).count(),
         slowest_expiry_ms,
         anomalies,
+        abandoned_leases: abandoned
+            .iter()
+            .map(|a| AbandonedLease {
+                key: a.key.clone(),
+                granted_ms: (a.granted - started).as_millis(),
+                gone_ms: a.gone.map(|g| (g - started).as_millis()),
+            })
+            .collect(),
     })
 }

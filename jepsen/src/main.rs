@@ -186,9 +186,9 @@ async fn run(cli: Cli, network: Option<Arc<Network>>) -> anyhow::Result<u8> {
     let outcome = match cli.workload.as_str() {
         "register" => run_register(&cli, endpoints, &recorder).await,
         "append" => run_append(&cli, endpoints, &recorder, &dir).await,
-        "watch" => run_watch(&cli, endpoints, compaction).await,
+        "watch" => run_watch(&cli, endpoints, compaction, &dir).await,
         "lock" => run_lock(&cli, endpoints, &recorder, &dir).await,
-        _ => run_lease(&cli, endpoints).await,
+        _ => run_lease(&cli, endpoints, &dir).await,
     };
     nemesis.await?;
     // Stop the cluster now, so its messages come before the summary line.
@@ -325,7 +325,7 @@ async fn run_append(
     })
 }
 
-async fn run_watch(cli: &Cli, endpoints: Vec<String>, compaction: bool) -> Finished {
+async fn run_watch(cli: &Cli, endpoints: Vec<String>, compaction: bool, dir: &Path) -> Finished {
     let settings = watch::Settings {
         writers: cli.workers.div_ceil(2),
         watchers: cli.workers / 2 + 1,
@@ -334,6 +334,30 @@ async fn run_watch(cli: &Cli, endpoints: Vec<String>, compaction: bool) -> Finis
         compaction,
     };
     let outcome = watch::run(endpoints, settings).await?;
+    // The history: every acknowledged write, then every event each watcher delivered.
+    let mut lines = String::new();
+    for (revision, (key, value)) in &outcome.acked {
+        let line = serde_json::json!({
+            "process": "writers", "type": "ok",
+            "f": if value.is_some() { "put" } else { "delete" },
+            "key": key, "value": value, "revision": revision,
+        });
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    for log in &outcome.logs {
+        for e in &log.events {
+            let line = serde_json::json!({ "process": log.name, "f": "event", "event": e });
+            lines.push_str(&line.to_string());
+            lines.push('\n');
+        }
+        for (first, last) in &log.gaps {
+            let line = serde_json::json!({ "process": log.name, "f": "compacted-gap", "first": first, "last": last });
+            lines.push_str(&line.to_string());
+            lines.push('\n');
+        }
+    }
+    std::fs::write(dir.join("history.jsonl"), lines)?;
     let valid = outcome.reference_ok.is_ok() && outcome.anomalies.is_empty();
     let summary = format!(
         "{} acknowledged writes, {} reference events, watchers delivered {:?}, {} compacted gaps, {} anomalies{}",
@@ -409,7 +433,7 @@ async fn run_lock(cli: &Cli, endpoints: Vec<String>, recorder: &Recorder, dir: &
     })
 }
 
-async fn run_lease(cli: &Cli, endpoints: Vec<String>) -> Finished {
+async fn run_lease(cli: &Cli, endpoints: Vec<String>, dir: &Path) -> Finished {
     let settings = lease::Settings {
         kept: cli.workers,
         abandoned_per_second: 5,
@@ -418,6 +442,20 @@ async fn run_lease(cli: &Cli, endpoints: Vec<String>) -> Finished {
         grace: Duration::from_secs(2 * cli.interval + 2),
     };
     let outcome = lease::run(endpoints, settings).await?;
+    // The history: each abandoned lease (grant, and when its key was seen gone), then each
+    // session that lost its lease on the client side.
+    let mut lines = String::new();
+    for a in &outcome.abandoned_leases {
+        let line = serde_json::json!({ "process": "granter", "f": "abandoned", "lease": a });
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    for (key, how, at_ms) in &outcome.losses {
+        let line = serde_json::json!({ "process": key, "f": "lost", "how": how, "at_ms": at_ms });
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    std::fs::write(dir.join("history.jsonl"), lines)?;
     let summary = format!(
         "{} kept-alive leases ({} lost by their client), {} abandoned ({} expired, slowest {} ms after grant), {} anomalies",
         outcome.kept,

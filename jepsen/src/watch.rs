@@ -51,6 +51,12 @@ pub struct Outcome {
     pub gaps: usize,
     /// The revision of the final read.
     pub final_revision: i64,
+    /// What every watcher delivered, for the history file (not in results.json).
+    #[serde(skip)]
+    pub logs: Vec<WatcherLog>,
+    /// The acknowledged writes that made a revision, for the history file.
+    #[serde(skip)]
+    pub acked: BTreeMap<i64, Write>,
     pub reference_ok: Result<(), String>,
     pub anomalies: Vec<Anomaly>,
 }
@@ -407,7 +413,9 @@ async fn finish(
         delivered: logs.iter().map(|l| l.events.len()).collect(),
         gaps: logs.iter().map(|l| l.gaps.len()).sum(),
         final_revision: last,
+        acked: written.acked,
         reference_ok,
         anomalies,
+        logs,
     })
 }

@@ -245,11 +245,12 @@ async fn watching_a_compacted_revision_is_canceled_with_the_compact_revision() {
     w.create(prefix_watch("c", first)).await;
     let resp = w.next().await.unwrap();
     assert!(resp.canceled);
-    assert_eq!(resp.compact_revision, at);
-    // The compaction point itself is compacted too: a delete at exactly that revision is gone
-    // from history, so serving it could skip an event. Watching from the next revision works.
+    // The answer names the first revision a watch can start from: the compaction point itself is
+    // compacted too (a delete at exactly that revision is gone from history, so serving it could
+    // skip an event). Watching from the revision answered works.
+    assert_eq!(resp.compact_revision, at + 1);
     w.create(prefix_watch("c", at)).await;
-    assert_eq!(w.next().await.unwrap().compact_revision, at);
+    assert_eq!(w.next().await.unwrap().compact_revision, at + 1);
     let next = client
         .kv()
         .put("c", "3", Default::default())
