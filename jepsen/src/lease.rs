@@ -134,15 +134,12 @@ pub async fn run(endpoints: Vec<String>, s: Settings) -> anyhow::Result<Outcome>
                 };
                 // "Not found" while the last acknowledged renewal had time left: the server
                 // dropped a lease it had promised to keep.
-                let deadline = session.keep_alive().deadline();
-                if loss == LeaseLoss::NotFound && deadline > read_at + Duration::from_millis(200) {
-                    anomalies.push(Anomaly {
-                        key: key.clone(),
-                        detail: format!(
-                            "the server no longer knew a kept-alive lease {} ms before its renewal's TTL ran out",
-                            (deadline - read_at).as_millis()
-                        ),
-                    });
+                let left = session
+                    .keep_alive()
+                    .deadline()
+                    .saturating_duration_since(read_at);
+                if loss == LeaseLoss::NotFound {
+                    anomalies.extend(not_found_early(key, left));
                 }
                 losses.push((key.clone(), kind, (read_at - started).as_millis()));
             }
@@ -154,32 +151,15 @@ pub async fn run(endpoints: Vec<String>, s: Settings) -> anyhow::Result<Outcome>
                 .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
                 .collect();
             for ((key, _), (deadline, lost)) in sessions.iter().zip(&before) {
-                if !present.contains(key)
-                    && !lost
-                    && deadline.is_some_and(|d| d > read_at + Duration::from_millis(200))
-                {
-                    anomalies.push(Anomaly {
-                        key: key.clone(),
-                        detail: format!(
-                            "kept-alive lease gone {} ms before its renewal's TTL ran out",
-                            deadline.map_or(0, |d| (d - read_at).as_millis())
-                        ),
-                    });
-                }
+                let left = deadline.map(|d| d.saturating_duration_since(read_at));
+                anomalies.extend(kept_gone_early(key, present.contains(key), *lost, left));
             }
             for a in abandoned.iter_mut().filter(|a| a.gone.is_none()) {
+                let age = read_at - a.granted;
                 if !present.contains(&a.key) {
                     a.gone = Some(read_at);
-                } else if read_at > a.granted + ttl + s.grace {
-                    anomalies.push(Anomaly {
-                        key: a.key.clone(),
-                        detail: format!(
-                            "abandoned lease still there {} ms after its grant (TTL {} s + grace {} s)",
-                            (read_at - a.granted).as_millis(),
-                            s.ttl,
-                            s.grace.as_secs()
-                        ),
-                    });
+                } else if let Some(anomaly) = abandoned_overdue(&a.key, age, ttl + s.grace) {
+                    anomalies.push(anomaly);
                     a.gone = Some(read_at);
                 }
             }
@@ -209,4 +189,94 @@ pub async fn run(endpoints: Vec<String>, s: Settings) -> anyhow::Result<Outcome>
             })
             .collect(),
     })
+}
+
+/// A renewal's deadline closer than this to a read is not trusted to the millisecond (clock
+/// reads and scheduling): a key missing that close to its deadline is not flagged.
+const MARGIN: Duration = Duration::from_millis(200);
+
+/// A kept-alive key missing from a read (`present` false) although its client had not seen the
+/// lease lost (`lost_by_client` false) and its last acknowledged renewal, taken before the read,
+/// still had `left` to run: the server expired the lease early.
+pub fn kept_gone_early(
+    key: &str,
+    present: bool,
+    lost_by_client: bool,
+    left: Option<Duration>,
+) -> Option<Anomaly> {
+    let left = left?;
+    (!present && !lost_by_client && left > MARGIN).then(|| Anomaly {
+        key: key.to_string(),
+        detail: format!(
+            "kept-alive lease gone {} ms before its renewal's TTL ran out",
+            left.as_millis()
+        ),
+    })
+}
+
+/// The server answered a renewal "not found" while the last acknowledged renewal still had
+/// `left` to run: it dropped a lease it had promised to keep.
+pub fn not_found_early(key: &str, left: Duration) -> Option<Anomaly> {
+    (left > MARGIN).then(|| Anomaly {
+        key: key.to_string(),
+        detail: format!(
+            "the server no longer knew a kept-alive lease {} ms before its renewal's TTL ran out",
+            left.as_millis()
+        ),
+    })
+}
+
+/// An abandoned lease's key still there `age` after its grant, past `limit` (TTL + grace): the
+/// lease did not expire in time.
+pub fn abandoned_overdue(key: &str, age: Duration, limit: Duration) -> Option<Anomaly> {
+    (age > limit).then(|| Anomaly {
+        key: key.to_string(),
+        detail: format!(
+            "abandoned lease still there {} ms after its grant (TTL + grace: {} ms)",
+            age.as_millis(),
+            limit.as_millis()
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn a_lease_expired_early_is_flagged() {
+        // Gone with a second of its TTL left, the client unaware: the server expired it early.
+        assert!(kept_gone_early("k", false, false, Some(S(1000))).is_some());
+        // The same, answered "not found" to a renewal.
+        assert!(not_found_early("k", S(1000)).is_some());
+    }
+
+    #[test]
+    fn a_lease_gone_in_time_or_given_up_by_its_client_passes() {
+        assert!(
+            kept_gone_early("k", true, false, Some(S(1000))).is_none(),
+            "still there"
+        );
+        assert!(
+            kept_gone_early("k", false, true, Some(S(1000))).is_none(),
+            "client gave up"
+        );
+        assert!(
+            kept_gone_early("k", false, false, Some(S(100))).is_none(),
+            "within the margin"
+        );
+        assert!(
+            kept_gone_early("k", false, false, None).is_none(),
+            "no renewal known"
+        );
+        assert!(not_found_early("k", S(0)).is_none(), "its TTL had run out");
+    }
+
+    #[test]
+    fn an_abandoned_lease_that_outlives_its_ttl_and_grace_is_flagged() {
+        assert!(abandoned_overdue("k", S(9000), S(8000)).is_some());
+        assert!(abandoned_overdue("k", S(7000), S(8000)).is_none());
+    }
 }
