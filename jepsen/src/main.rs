@@ -146,6 +146,15 @@ async fn run(cli: Cli, network: Option<Arc<Network>>) -> anyhow::Result<u8> {
     if network.is_none() && faults.iter().any(|f| f.is_partition()) {
         anyhow::bail!("partition faults need --net netns (root, ip, iptables)");
     }
+    if cli.workload == "lease" && !faults.is_empty() && cli.interval < LEASE_MIN_INTERVAL {
+        // A new leader gives every lease its checkpointed remaining TTL (else its full TTL) plus
+        // an election timeout: with faults less
+        // than TTL + an election timeout apart, one leader change after another can keep an
+        // abandoned lease alive past any fixed grace, as designed.
+        anyhow::bail!(
+            "the lease workload needs --interval {LEASE_MIN_INTERVAL} or more (its TTL is {LEASE_TTL} s)"
+        );
+    }
     let binary = match cli.target.as_str() {
         "conclave" => locate_binary()?,
         "etcd" => which("etcd").ok_or_else(|| anyhow::anyhow!("etcd not found in PATH"))?,
@@ -433,11 +442,18 @@ async fn run_lock(cli: &Cli, endpoints: Vec<String>, recorder: &Recorder, dir: &
     })
 }
 
+/// The lease workload's TTL in seconds.
+const LEASE_TTL: i64 = 3;
+
+/// The shortest `--interval` the lease workload accepts with faults: two intervals (fault and
+/// quiet) must exceed TTL + an election timeout, so that at most one leader change extends a lease.
+const LEASE_MIN_INTERVAL: u64 = 3;
+
 async fn run_lease(cli: &Cli, endpoints: Vec<String>, dir: &Path) -> Finished {
     let settings = lease::Settings {
         kept: cli.workers,
         abandoned_per_second: 5,
-        ttl: 3,
+        ttl: LEASE_TTL,
         duration: Duration::from_secs(cli.time),
         grace: Duration::from_secs(2 * cli.interval + 2),
     };
