@@ -148,9 +148,8 @@ async fn run(cli: Cli, network: Option<Arc<Network>>) -> anyhow::Result<u8> {
     }
     if cli.workload == "lease" && !faults.is_empty() && cli.interval < LEASE_MIN_INTERVAL {
         // A new leader gives every lease its checkpointed remaining TTL (else its full TTL) plus
-        // an election timeout: with faults less
-        // than TTL + an election timeout apart, one leader change after another can keep an
-        // abandoned lease alive past any fixed grace, as designed.
+        // an election timeout: with faults less than TTL + an election timeout apart, one leader
+        // change after another can keep an abandoned lease alive past any fixed grace, as designed.
         anyhow::bail!(
             "the lease workload needs --interval {LEASE_MIN_INTERVAL} or more (its TTL is {LEASE_TTL} s)"
         );
