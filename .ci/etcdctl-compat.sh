@@ -704,7 +704,7 @@ t_large_value_ok() {
 t_too_large() {
     # 1.8 MB: above etcd's default --max-request-bytes (1.5 MiB) but below
     # etcdctl's 2 MiB send limit, so the request reaches the server.
-    head -c 1400000 /dev/urandom | base64 -w0 | head -c 1800000 >"$T/big"
+    head -c 1350000 /dev/urandom | base64 -w0 >"$T/big"  # exactly 1,800,000 bytes, no early-closing pipe
     ctl_in "$T/big" "$EP1" put compat/big
     need_fail_with "put 1.8 MB value" "request is too large" "larger than max" || return 1
     ctl "$EP2" get compat/big -w json; need_ok get || return 1
@@ -866,7 +866,7 @@ step get-keys-only          t_get_keys_only
 if etcdctl get --help 2>&1 | grep -q -- '--count-only'; then
     step get-count-only     t_get_count_only
 else
-    skip get-count-only "this etcdctl ($(etcdctl version 2>/dev/null | head -1)) has no --count-only (added in 3.5)"
+    skip get-count-only "this etcdctl ($(etcdctl version 2>/dev/null | sed -n 1p)) has no --count-only (added in 3.5)"
 fi
 step get-from-key           t_get_from_key
 step del-single             t_del_single
