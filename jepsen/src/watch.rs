@@ -112,6 +112,7 @@ async fn record(
         events: Vec::new(),
         gaps: Vec::new(),
         complete: false,
+        through: 0,
         ended: String::new(),
     };
     let watch = client.watch();
@@ -124,6 +125,7 @@ async fn record(
             && reached >= u
         {
             log.complete = true;
+            log.through = reached;
             return Ok(log);
         }
         if let Some(g) = *give_up.lock().await

@@ -39,15 +39,24 @@ pub struct WatcherLog {
     pub gaps: Vec<(i64, i64)>,
     /// Whether it reached the revision of the final read.
     pub complete: bool,
+    /// When complete, the revision it was complete through (events or a progress response said
+    /// every event up to it was delivered): it is bound to have delivered everything up to it.
+    pub through: i64,
     /// Why it stopped early, when it did.
     pub ended: String,
 }
 
 impl WatcherLog {
     /// Whether the watcher was bound to deliver revision `rev`: from its start to its last
-    /// delivered event, outside its compaction gaps.
+    /// delivered event (to the end of the run if it said it got there: **bookmarkable**),
+    /// outside its compaction gaps.
     pub fn covers(&self, rev: i64) -> bool {
-        let upto = self.events.last().map_or(self.start - 1, |e| e.revision);
+        let last_event = self.events.last().map_or(self.start - 1, |e| e.revision);
+        let upto = if self.complete {
+            last_event.max(self.through)
+        } else {
+            last_event
+        };
         rev >= self.start && rev <= upto && !self.gaps.iter().any(|&(a, b)| rev >= a && rev <= b)
     }
 }
@@ -166,21 +175,19 @@ pub fn check(reference: &[Seen], watchers: &[WatcherLog]) -> Vec<Anomaly> {
                 );
             }
         }
-        // Reliable: everything from the start up to the last revision delivered, except what the
-        // server said was compacted.
-        if last.is_some() {
-            for e in reference.iter().filter(|e| w.covers(e.revision)) {
-                if !seen.contains(&(e.revision, e.key.as_str())) {
-                    flag(
-                        "reliable",
-                        format!(
-                            "revision {} key {} ({}) missing (gap)",
-                            e.revision,
-                            e.key,
-                            if e.delete { "delete" } else { "put" }
-                        ),
-                    );
-                }
+        // Reliable: everything from the start up to the last revision delivered (or the revision
+        // a bookmark said it was complete through), except what the server said was compacted.
+        for e in reference.iter().filter(|e| w.covers(e.revision)) {
+            if !seen.contains(&(e.revision, e.key.as_str())) {
+                flag(
+                    "reliable",
+                    format!(
+                        "revision {} key {} ({}) missing (gap)",
+                        e.revision,
+                        e.key,
+                        if e.delete { "delete" } else { "put" }
+                    ),
+                );
             }
         }
     }
@@ -358,6 +365,7 @@ mod tests {
             events,
             gaps: Vec::new(),
             complete: true,
+            through: 0,
             ended: String::new(),
         }
     }
@@ -517,5 +525,18 @@ mod tests {
         state.insert("c".to_string(), ("1".to_string(), 4));
         state.insert("d".to_string(), ("x".to_string(), 7));
         assert!(merged_matches_state(&reference(), &state, 7, &watchers).is_ok());
+    }
+
+    #[test]
+    fn a_bookmark_past_undelivered_events_is_flagged() {
+        // The watcher stopped after revision 3, but a progress response had told it it was
+        // complete through 5: revisions 4 and 5 were owed.
+        let mut events = reference();
+        events.truncate(2);
+        let mut watcher = log(events);
+        watcher.through = 5;
+        let found = check(&reference(), &[watcher]);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found.iter().all(|a| a.guarantee == "reliable"));
     }
 }
