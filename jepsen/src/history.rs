@@ -120,8 +120,8 @@ impl Recorder {
     }
 }
 
-/// Writes `events` as JSON lines.
-pub fn write_jsonl(path: &Path, events: &[Event]) -> std::io::Result<()> {
+/// Writes `events` (history events, transactions, fenced writes, …) as JSON lines.
+pub fn write_jsonl<T: Serialize>(path: &Path, events: &[T]) -> std::io::Result<()> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     for e in events {
         serde_json::to_writer(&mut f, e)?;

@@ -286,12 +286,7 @@ async fn run_append(
         duration: Duration::from_secs(cli.time),
     };
     let history = append::run(endpoints, settings, recorder.start()).await?;
-    let mut lines = String::new();
-    for t in &history {
-        lines.push_str(&serde_json::to_string(t)?);
-        lines.push('\n');
-    }
-    std::fs::write(dir.join("history.jsonl"), lines)?;
+    write_jsonl(&dir.join("history.jsonl"), &history)?;
     let faults: Vec<(String, u64)> = recorder
         .events()
         .into_iter()
@@ -343,29 +338,25 @@ async fn run_watch(cli: &Cli, endpoints: Vec<String>, compaction: bool, dir: &Pa
     };
     let outcome = watch::run(endpoints, settings).await?;
     // The history: every acknowledged write, then every event each watcher delivered.
-    let mut lines = String::new();
+    let mut lines = Vec::new();
     for (revision, (key, value)) in &outcome.acked {
-        let line = serde_json::json!({
+        lines.push(serde_json::json!({
             "process": "writers", "type": "ok",
             "f": if value.is_some() { "put" } else { "delete" },
             "key": key, "value": value, "revision": revision,
-        });
-        lines.push_str(&line.to_string());
-        lines.push('\n');
+        }));
     }
     for log in &outcome.logs {
         for e in &log.events {
-            let line = serde_json::json!({ "process": log.name, "f": "event", "event": e });
-            lines.push_str(&line.to_string());
-            lines.push('\n');
+            lines.push(serde_json::json!({ "process": log.name, "f": "event", "event": e }));
         }
         for (first, last) in &log.gaps {
-            let line = serde_json::json!({ "process": log.name, "f": "compacted-gap", "first": first, "last": last });
-            lines.push_str(&line.to_string());
-            lines.push('\n');
+            lines.push(serde_json::json!({
+                "process": log.name, "f": "compacted-gap", "first": first, "last": last,
+            }));
         }
     }
-    std::fs::write(dir.join("history.jsonl"), lines)?;
+    write_jsonl(&dir.join("history.jsonl"), &lines)?;
     let valid = outcome.reference_ok.is_ok() && outcome.anomalies.is_empty();
     let summary = format!(
         "{} acknowledged writes, {} reference events, watchers delivered {:?}, {} compacted gaps, {} anomalies{}",
@@ -397,12 +388,7 @@ async fn run_lock(cli: &Cli, endpoints: Vec<String>, recorder: &Recorder, dir: &
         stall_probability: 0.01,
     };
     let outcome = lock::run(endpoints, settings, recorder.start()).await?;
-    let mut lines = String::new();
-    for w in &outcome.writes {
-        lines.push_str(&serde_json::to_string(w)?);
-        lines.push('\n');
-    }
-    std::fs::write(dir.join("history.jsonl"), lines)?;
+    write_jsonl(&dir.join("history.jsonl"), &outcome.writes)?;
     let report = lock_check::check(&outcome.writes, outcome.final_value);
     let summary = format!(
         "{} acquisitions ({} gave up), {} fenced writes ({} ok, {} refused, {} unknown), {} stalls \
@@ -459,18 +445,14 @@ async fn run_lease(cli: &Cli, endpoints: Vec<String>, dir: &Path) -> Finished {
     let outcome = lease::run(endpoints, settings).await?;
     // The history: each abandoned lease (grant, and when its key was seen gone), then each
     // session that lost its lease on the client side.
-    let mut lines = String::new();
+    let mut lines = Vec::new();
     for a in &outcome.abandoned_leases {
-        let line = serde_json::json!({ "process": "granter", "f": "abandoned", "lease": a });
-        lines.push_str(&line.to_string());
-        lines.push('\n');
+        lines.push(serde_json::json!({ "process": "granter", "f": "abandoned", "lease": a }));
     }
     for (key, how, at_ms) in &outcome.losses {
-        let line = serde_json::json!({ "process": key, "f": "lost", "how": how, "at_ms": at_ms });
-        lines.push_str(&line.to_string());
-        lines.push('\n');
+        lines.push(serde_json::json!({ "process": key, "f": "lost", "how": how, "at_ms": at_ms }));
     }
-    std::fs::write(dir.join("history.jsonl"), lines)?;
+    write_jsonl(&dir.join("history.jsonl"), &lines)?;
     let summary = format!(
         "{} kept-alive leases ({} lost by their client), {} abandoned ({} expired, slowest {} ms after grant), {} anomalies",
         outcome.kept,

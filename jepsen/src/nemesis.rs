@@ -233,7 +233,7 @@ async fn inject(
     network: Option<&Network>,
 ) -> (&'static str, String, Injected) {
     let len = cluster.len();
-    let (action, target, injected) = match fault {
+    match fault {
         Fault::Kill | Fault::KillLeader | Fault::KillMajority => {
             let nodes = if fault == Fault::KillMajority {
                 shuffled(len)[..len / 2 + 1].to_vec()
@@ -267,9 +267,9 @@ async fn inject(
             }
             ("partition", partition.target, Injected::Cut)
         }
+        // The storm is run by `run` itself, not injected and healed.
         Fault::Compact => ("compact", "all".into(), Injected::Nothing),
-    };
-    (action, target, injected)
+    }
 }
 
 fn heal(cluster: &Cluster, network: Option<&Network>, injected: Injected) {
