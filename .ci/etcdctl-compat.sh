@@ -56,7 +56,7 @@ echo "client: $(etcdctl version 2>/dev/null | tr '\n' ' ')"
 # ---------------------------------------------------------------- cluster --
 
 T="$(mktemp -d "${TMPDIR:-/tmp}/etcdctl-compat.XXXXXX")"
-declare -a PID=("" "" "" "")
+declare -a PID=("" "" "" "" "")
 declare -a CPORT PPORT
 PASSED=0
 FAILED=0
@@ -66,7 +66,7 @@ SUMMARY_DONE=0
 
 print_log_tails() {
     local i
-    for i in 1 2 3; do
+    for i in 1 2 3 4; do
         if [[ -f "$T/n$i.log" ]]; then
             echo "----- tail of n$i log -----"
             tail -n 40 "$T/n$i.log"
@@ -77,7 +77,7 @@ print_log_tails() {
 cleanup() {
     local rc=$?
     set +e
-    for i in 1 2 3; do
+    for i in 1 2 3 4; do
         if [[ -n "${PID[$i]}" ]]; then
             kill -9 "${PID[$i]}" 2>/dev/null
             wait "${PID[$i]}" 2>/dev/null
@@ -100,7 +100,8 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# Pick 6 distinct free ports (the OS may hand the same free port out twice).
+# Pick 8 distinct free ports (the OS may hand the same free port out twice);
+# the fourth member joins later (member add).
 declare -A SEEN=()
 pick_port() {   # pick_port VAR
     local p
@@ -109,10 +110,11 @@ pick_port() {   # pick_port VAR
         if [[ -z "${SEEN[$p]:-}" ]]; then SEEN[$p]=1; printf -v "$1" '%s' "$p"; return; fi
     done
 }
-for i in 1 2 3; do
+for i in 1 2 3 4; do
     pick_port "CPORT[$i]"
     pick_port "PPORT[$i]"
 done
+EP4="127.0.0.1:${CPORT[4]}"
 EP1="127.0.0.1:${CPORT[1]}"
 EP2="127.0.0.1:${CPORT[2]}"
 EP3="127.0.0.1:${CPORT[3]}"
@@ -132,6 +134,24 @@ start_node() {
         --initial-advertise-peer-urls "http://127.0.0.1:${PPORT[$i]}" \
         --initial-cluster "$INITIAL_CLUSTER" \
         --initial-cluster-state new \
+        --initial-cluster-token "$TOKEN" \
+        --heartbeat-interval 100 --election-timeout 1000 \
+        >>"$T/n$i.log" 2>&1 &
+    PID[$i]=$!
+}
+
+# start_joiner I INITIAL_CLUSTER: member nI joins the running cluster.
+start_joiner() {
+    local i=$1 initial=$2
+    mkdir -p "$T/d$i"
+    echo "=== start (join) $(date +%T) ===" >>"$T/n$i.log"
+    "$BINARY" --name "n$i" --data-dir "$T/d$i" \
+        --listen-client-urls "http://127.0.0.1:${CPORT[$i]}" \
+        --advertise-client-urls "http://127.0.0.1:${CPORT[$i]}" \
+        --listen-peer-urls "http://127.0.0.1:${PPORT[$i]}" \
+        --initial-advertise-peer-urls "http://127.0.0.1:${PPORT[$i]}" \
+        --initial-cluster "$initial" \
+        --initial-cluster-state existing \
         --initial-cluster-token "$TOKEN" \
         --heartbeat-interval 100 --election-timeout 1000 \
         >>"$T/n$i.log" 2>&1 &
@@ -845,6 +865,71 @@ t_restart() {
     eq "$(j '[.[].Status.header.revision] | unique | join(",")')" "$LASTREV" "same revision on all members" || return 1
 }
 
+# A fourth member joins as a learner, catches up, is promoted, then removed.
+t_member_add_promote_remove() {
+    local peer="http://127.0.0.1:${PPORT[4]}"
+    # etcd refuses changes ("unhealthy cluster") until every member has been connected for a
+    # few seconds, as after the restart just before: retry that.
+    local start=$SECONDS
+    while :; do
+        ctl "$ALL" member add n4 --peer-urls="$peer" --learner
+        [[ $RC -ne 0 ]] && grep -qF "unhealthy cluster" "$ERR" && (( SECONDS - start < 15 )) || break
+        sleep 1
+    done
+    need_ok "member add --learner" || return 1
+    local id initial
+    id=$(sed -n 's/^Member \([0-9a-f]*\) added to cluster .*/\1/p' "$OUT" | tr -d ' ')
+    [[ -n "$id" ]] || { WHY="no 'Member ID added to cluster' line: $(head -c 300 "$OUT")"; return 1; }
+    grep -qx 'ETCD_INITIAL_CLUSTER_STATE="existing"' "$OUT" || { WHY="no ETCD_INITIAL_CLUSTER_STATE line"; return 1; }
+    initial=$(sed -n 's/^ETCD_INITIAL_CLUSTER="\(.*\)"$/\1/p' "$OUT")
+    [[ "$initial" == *"n4=$peer"* ]] || { WHY="ETCD_INITIAL_CLUSTER lacks n4: '$initial'"; return 1; }
+    ctl "$ALL" member list -w json; need_ok "member list" || return 1
+    eq "$(j '.members | length')" 4 "members after add" || return 1
+    eq "$(j --arg p "$peer" '.members[] | select(.peerURLs[0] == $p) | .isLearner')" true "new member is a learner" || return 1
+    ctl "$ALL" member promote "$id"
+    need_fail_with "promote before it started" "can only promote a learner member which is in sync with leader" || return 1
+
+    start_joiner 4 "$initial"
+    local caught=0
+    start=$SECONDS
+    while (( SECONDS - start < 30 )); do
+        if ! kill -0 "${PID[4]}" 2>/dev/null; then WHY="joining n4 exited"; return 1; fi
+        ctl "$EP4" --command-timeout=2s get compat/after-restart --consistency=s -w json
+        if [[ $RC -eq 0 && "$(j '.kvs[0].value // ""')" == "$(b64 yes)" ]]; then caught=1; break; fi
+        sleep 0.5
+    done
+    [[ $caught == 1 ]] || { WHY="n4 did not catch up within 30 s (rc $RC: $(errline))"; return 1; }
+    echo "  learner n4 caught up in $((SECONDS - start)) s"
+    ctl "$EP4" get compat/after-restart
+    need_fail_with "linearizable get on a learner" "rpc not supported for learner" || return 1
+
+    start=$SECONDS
+    local promoted=0
+    while (( SECONDS - start < 20 )); do
+        ctl "$ALL" member promote "$id"
+        if [[ $RC -eq 0 ]]; then promoted=1; break; fi
+        sleep 0.5
+    done
+    [[ $promoted == 1 ]] || { WHY="promote never succeeded: $(errline)"; return 1; }
+    grep -q "promoted in cluster" "$OUT" || { WHY="promote output: $(head -c 200 "$OUT")"; return 1; }
+    ctl "$ALL,$EP4" member list -w json; need_ok "member list" || return 1
+    eq "$(j '[.members[] | select(.isLearner == true)] | length')" 0 "no learner after promote" || return 1
+    ctl "$EP4" put compat/via-n4 yes -w json; need_ok "put through the promoted member" || return 1
+    track_rev put || return 1
+
+    ctl "$ALL" member remove "$id"; need_ok "member remove" || return 1
+    grep -q "removed from cluster" "$OUT" || { WHY="remove output: $(head -c 200 "$OUT")"; return 1; }
+    start=$SECONDS
+    while (( SECONDS - start < 15 )) && kill -0 "${PID[4]}" 2>/dev/null; do sleep 0.2; done
+    if kill -0 "${PID[4]}" 2>/dev/null; then WHY="removed n4 still running after 15 s"; return 1; fi
+    wait "${PID[4]}" 2>/dev/null || true
+    PID[4]=""
+    ctl "$ALL" member list -w json; need_ok "member list" || return 1
+    eq "$(j '.members | length')" 3 "members after remove" || return 1
+    ctl "$ALL" get compat/via-n4 -w json; need_ok get || return 1
+    eq "$(j '.kvs[0].value')" "$(b64 yes)" "write through the removed member survives" || return 1
+}
+
 # ------------------------------------------------------------------ run ----
 
 step endpoint-health        t_endpoint_health
@@ -883,6 +968,7 @@ step lease                  t_lease
 step watch                  t_watch
 step leader-failover        t_failover
 step member-restart         t_restart
+step member-add-promote-remove t_member_add_promote_remove
 
 if [[ $FAILED -gt 0 ]]; then
     print_log_tails

@@ -1,5 +1,6 @@
-//! Cluster commands: `member list`, `endpoint health`, `endpoint status`, `move-leader` — with
-//! etcdctl's simple lines, JSON and tables. Endpoint commands ask each endpoint on its own.
+//! Cluster commands: `member list|add|remove|update|promote`, `endpoint health`, `endpoint
+//! status`, `move-leader` — with etcdctl's simple lines, JSON and tables. Endpoint commands ask
+//! each endpoint on its own.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,136 @@ use crate::{Ctx, Failure};
 pub enum MemberCommand {
     /// Lists members.
     List,
+    /// Adds a member NAME reachable at --peer-urls; prints the flags to start it with.
+    Add {
+        name: String,
+        /// Comma-separated peer URLs of the new member.
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+        /// Adds a learner: it replicates without voting until promoted.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Removes the member with this hex id (it stops itself).
+    Remove { id: String },
+    /// Changes the peer URLs of the member with this hex id.
+    Update {
+        id: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+    },
+    /// Makes the learner with this hex id a voter (refused until it has caught up).
+    Promote { id: String },
+}
+
+/// A member id as etcdctl takes it: hexadecimal.
+fn parse_id(text: &str) -> Result<u64, Failure> {
+    u64::from_str_radix(text.trim_start_matches("0x"), 16).map_err(|e| Failure {
+        message: format!("bad member ID arg ({text}): {e}, expecting ID in Hex"),
+        code: 1,
+    })
+}
+
+/// The member list of a change's response, as JSON.
+fn members_json(members: &[conclave_client::proto::Member]) -> Value {
+    Value::Array(
+        members
+            .iter()
+            .map(|m| {
+                Obj::new()
+                    .uint("ID", m.id)
+                    .str("name", &m.name)
+                    .value("peerURLs", json!(m.peer_ur_ls))
+                    .value("clientURLs", json!(m.client_ur_ls))
+                    .bool("isLearner", m.is_learner)
+                    .build()
+            })
+            .collect(),
+    )
+}
+
+/// Runs a member command and prints etcdctl's answer.
+pub async fn member(ctx: &Ctx, cmd: MemberCommand) -> Result<(), Failure> {
+    let cluster = ctx.client.cluster();
+    match cmd {
+        MemberCommand::List => list(ctx).await?,
+        MemberCommand::Add {
+            name,
+            peer_urls,
+            learner,
+        } => {
+            let r = cluster.member_add(peer_urls.clone(), learner).await?;
+            let header = r.header.unwrap_or_default();
+            let id = r.member.as_ref().map_or(0, |m| m.id);
+            let initial: Vec<String> = r
+                .members
+                .iter()
+                .flat_map(|m| {
+                    let n = if m.id == id {
+                        name.clone()
+                    } else {
+                        m.name.clone()
+                    };
+                    m.peer_ur_ls
+                        .iter()
+                        .map(move |u| format!("{n}={u}"))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let lines = vec![
+                format!("Member {id:16x} added to cluster {:16x}", header.cluster_id),
+                String::new(),
+                format!("ETCD_NAME=\"{name}\""),
+                format!("ETCD_INITIAL_CLUSTER=\"{}\"", initial.join(",")),
+                format!(
+                    "ETCD_INITIAL_ADVERTISE_PEER_URLS=\"{}\"",
+                    peer_urls.join(",")
+                ),
+                "ETCD_INITIAL_CLUSTER_STATE=\"existing\"".into(),
+            ];
+            let member = r.member.map(|m| members_json(&[m])).unwrap_or(Value::Null);
+            let json = Obj::new()
+                .value("header", output::header(&Some(header)))
+                .value("member", member.get(0).cloned().unwrap_or(Value::Null))
+                .value("members", members_json(&r.members))
+                .build();
+            emit(ctx.format, lines, json, None);
+        }
+        MemberCommand::Remove { id } => {
+            let id = parse_id(&id)?;
+            let r = cluster.member_remove(id).await?;
+            let cluster_id = r.header.as_ref().map_or(0, |h| h.cluster_id);
+            let json = Obj::new()
+                .value("header", output::header(&r.header))
+                .value("members", members_json(&r.members))
+                .build();
+            let line = format!("Member {id:16x} removed from cluster {cluster_id:16x}");
+            emit(ctx.format, vec![line], json, None);
+        }
+        MemberCommand::Update { id, peer_urls } => {
+            let id = parse_id(&id)?;
+            let r = cluster.member_update(id, peer_urls).await?;
+            let cluster_id = r.header.as_ref().map_or(0, |h| h.cluster_id);
+            let json = Obj::new()
+                .value("header", output::header(&r.header))
+                .value("members", members_json(&r.members))
+                .build();
+            let line = format!("Member {id:16x} updated in cluster {cluster_id:16x}");
+            emit(ctx.format, vec![line], json, None);
+        }
+        MemberCommand::Promote { id } => {
+            let id = parse_id(&id)?;
+            let r = cluster.member_promote(id).await?;
+            let cluster_id = r.header.as_ref().map_or(0, |h| h.cluster_id);
+            let json = Obj::new()
+                .value("header", output::header(&r.header))
+                .value("members", members_json(&r.members))
+                .build();
+            let line = format!("Member {id:16x} promoted in cluster {cluster_id:16x}");
+            emit(ctx.format, vec![line], json, None);
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Subcommand)]
@@ -23,70 +154,63 @@ pub enum EndpointCommand {
     Status,
 }
 
-pub async fn member(ctx: &Ctx, cmd: MemberCommand) -> Result<(), Failure> {
-    match cmd {
-        MemberCommand::List => {
-            let r = ctx.client.cluster().member_list().await?;
-            let lines = r
-                .members
-                .iter()
-                .map(|m| {
-                    format!(
-                        "{:x}, started, {}, {}, {}, {}",
-                        m.id,
-                        m.name,
-                        m.peer_ur_ls.join(","),
-                        m.client_ur_ls.join(","),
-                        m.is_learner
-                    )
-                })
-                .collect();
-            let members: Vec<Value> = r
-                .members
-                .iter()
-                .map(|m| {
-                    Obj::new()
-                        .uint("ID", m.id)
-                        .str("name", &m.name)
-                        .value("peerURLs", json!(m.peer_ur_ls))
-                        .value("clientURLs", json!(m.client_ur_ls))
-                        .bool("isLearner", m.is_learner)
-                        .build()
-                })
-                .collect();
-            let json = Obj::new()
-                .value("header", output::header(&r.header))
-                .value("members", Value::Array(members))
-                .build();
-            let rows: Vec<Vec<String>> = r
-                .members
-                .iter()
-                .map(|m| {
-                    vec![
-                        format!("{:x}", m.id),
-                        "started".into(),
-                        m.name.clone(),
-                        m.peer_ur_ls.join(","),
-                        m.client_ur_ls.join(","),
-                        m.is_learner.to_string(),
-                    ]
-                })
-                .collect();
-            let table = output::table(
-                &[
-                    "ID",
-                    "STATUS",
-                    "NAME",
-                    "PEER ADDRS",
-                    "CLIENT ADDRS",
-                    "IS LEARNER",
-                ],
-                &rows,
-            );
-            emit(ctx.format, lines, json, Some(table));
-        }
-    }
+async fn list(ctx: &Ctx) -> Result<(), Failure> {
+    let r = ctx.client.cluster().member_list().await?;
+    let lines = r
+        .members
+        .iter()
+        .map(|m| {
+            format!(
+                "{:x}, {}, {}, {}, {}, {}",
+                m.id,
+                started(m),
+                m.name,
+                m.peer_ur_ls.join(","),
+                m.client_ur_ls.join(","),
+                m.is_learner
+            )
+        })
+        .collect();
+    let json = Obj::new()
+        .value("header", output::header(&r.header))
+        .value("members", members_json(&r.members))
+        .build();
+    let rows: Vec<Vec<String>> = r
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                format!("{:x}", m.id),
+                started(m).into(),
+                m.name.clone(),
+                m.peer_ur_ls.join(","),
+                m.client_ur_ls.join(","),
+                m.is_learner.to_string(),
+            ]
+        })
+        .collect();
+    let table = output::table(
+        &[
+            "ID",
+            "STATUS",
+            "NAME",
+            "PEER ADDRS",
+            "CLIENT ADDRS",
+            "IS LEARNER",
+        ],
+        &rows,
+    );
+    emit(ctx.format, lines, json, Some(table));
     Ok(())
+}
+
+/// etcdctl's status column: a member that never published its name has not started yet.
+fn started(m: &conclave_client::proto::Member) -> &'static str {
+    if m.name.is_empty() {
+        "unstarted"
+    } else {
+        "started"
+    }
 }
 
 /// A client bound to one endpoint, without failover: the answer is that endpoint's.

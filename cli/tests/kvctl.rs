@@ -269,3 +269,54 @@ async fn every_command_in_every_format() {
         assert!(!out.is_empty(), "compaction -w {format}");
     }
 }
+
+/// `member add` (learner), `list`, `promote` refused, `remove`, in etcdctl's formats.
+#[tokio::test(flavor = "multi_thread")]
+async fn member_add_promote_and_remove() {
+    let bin = locate_binary().expect("the conclave binary is built (cargo test --workspace)");
+    let c = Cluster::start(&bin, 1).await.unwrap();
+    let ep = c.client_endpoint(0);
+    let ep = ep.as_str();
+    let peer = format!(
+        "http://127.0.0.1:{}",
+        conclave_testkit::free_port().unwrap()
+    );
+
+    let added = ok(&kvctl(
+        ep,
+        &["member", "add", "m2", "--peer-urls", &peer, "--learner"],
+    ));
+    let first = added.lines().next().unwrap();
+    assert!(
+        first.starts_with("Member ") && first.contains(" added to cluster "),
+        "{added}"
+    );
+    let id = first.split_whitespace().nth(1).unwrap().to_string();
+    assert!(
+        added.contains("ETCD_INITIAL_CLUSTER=\"")
+            && added.contains(&format!("n1={}", c.peer_url(0).unwrap()))
+            && added.contains(&format!("m2={peer}"))
+            && added.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{added}"
+    );
+    let list = ok(&kvctl(ep, &["member", "list"]));
+    assert!(
+        list.contains(&format!("{id}, unstarted, , {peer}, , true")),
+        "{list}"
+    );
+
+    let refused = kvctl(ep, &["member", "promote", &id]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("can only promote a learner member which is in sync with leader"),
+        "{refused:?}"
+    );
+    let bad = kvctl(ep, &["member", "remove", "not-hex"]);
+    assert_eq!(bad.status.code(), Some(1));
+
+    let removed = json(&kvctl(ep, &["member", "remove", &id, "-w", "json"]));
+    assert_eq!(removed["members"].as_array().map(Vec::len), Some(1));
+    let list = ok(&kvctl(ep, &["member", "list"]));
+    assert!(!list.contains(&id), "{list}");
+}

@@ -9,6 +9,12 @@
 //! is applied only if its entry belongs to that term: a deposed leader may have decided it on stale
 //! clocks (a lease "expired" while it was paused), and its successor must not execute it.
 //!
+//! Membership changes (raft conf change entries) are checked against the member table again at
+//! apply (the table may have changed since the API checked), handed to raft-rs, and recorded —
+//! table and resulting conf state — in the same transaction. Installing a snapshot
+//! ([`Applier::restore`]) replaces the whole state in one durable transaction and reloads every
+//! in-memory view of it.
+//!
 //! The transaction is committed with `Durability::None`: the raft log (fsynced) already holds every
 //! applied entry, and the next durable commit of the raft task persists this state too (one database,
 //! one commit order). The log is only truncated by a durable commit, after apply. A storage error
@@ -16,24 +22,30 @@
 
 use std::sync::Arc;
 
-use conclave_proto::conclave::internal::v1::{RaftCommand, raft_command::Op};
+use std::path::Path;
+
+use conclave_proto::conclave::internal::v1::{
+    ConfChangeContext, MemberRecord, RaftCommand, raft_command::Op,
+};
 use conclave_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
     ResponseHeader, TxnResponse,
 };
 use conclave_proto::mvccpb::Event;
 use prost::Message as _;
-use raft::prelude::{Entry, EntryType};
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfState, Entry, EntryType, SnapshotMetadata};
 use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::watch;
 
 use crate::error::ServerError;
 use crate::kv_ops::{self, KvError};
 use crate::lease::Lessor;
-use crate::membership::Membership;
+use crate::membership::{self, Change, Membership};
 use crate::mvcc::{KeyRange, Store};
 use crate::node::proposal::Waiters;
-use crate::storage::{META, META_APPLIED_INDEX, StorageError, StorageResult};
+use crate::storage::raft_log::RaftLog;
+use crate::storage::{META, META_APPLIED_INDEX, StorageError, StorageResult, snapshot};
 use crate::watch::WatchHub;
 
 /// What an applied command produced, for the member that proposed it.
@@ -45,12 +57,17 @@ pub enum ApplyOutput {
     Compaction(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    /// A membership change: the member table after it.
+    Members(Vec<MemberRecord>),
     /// Checkpoints and member attributes: nothing to report.
     Done,
 }
 
 /// Result delivered to a waiter: the response, or why the command changed nothing.
 pub type ApplyOutcome = Result<ApplyOutput, ServerError>;
+
+/// Hands a committed conf change to raft-rs and returns the configuration it produced.
+pub type ConfApplier<'a> = dyn FnMut(&ConfChange) -> Result<ConfState, raft::Error> + 'a;
 
 /// The applier: the state machine's single writer, run by the raft task.
 pub struct Applier {
@@ -59,28 +76,41 @@ pub struct Applier {
     pub lessor: Arc<Lessor>,
     pub hub: Arc<WatchHub>,
     pub membership: Arc<Membership>,
+    pub log: RaftLog,
     pub waiters: Arc<Waiters>,
     pub applied: watch::Sender<u64>,
     pub member_id: u64,
 }
 
 impl Applier {
-    /// Applies committed `entries` (in log order; those already applied are skipped). Returns an
-    /// error only when storage failed.
-    pub fn apply(&self, entries: &[Entry]) -> StorageResult<()> {
+    /// Applies committed `entries` (in log order; those already applied are skipped), handing
+    /// conf changes to `conf`. Returns whether the member table changed; an error only when
+    /// storage (or raft-rs, refusing a conf change) failed.
+    pub fn apply(&self, entries: &[Entry], conf: &mut ConfApplier<'_>) -> StorageResult<bool> {
         let applied = *self.applied.borrow();
         let entries: Vec<&Entry> = entries.iter().filter(|e| e.index > applied).collect();
         let Some(last) = entries.last().map(|e| e.index) else {
-            return Ok(());
+            return Ok(false);
         };
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
         let mut results = Vec::new();
         let mut changes: Vec<(i64, Vec<Event>)> = Vec::new();
+        let mut members_changed = false;
         for entry in entries {
-            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
-                // Leader no-ops; configuration changes are the raft task's business.
-                continue;
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if !entry.data.is_empty() => {}
+                EntryType::EntryConfChange => {
+                    let (origin, request_id, outcome) =
+                        self.apply_conf_change(&txn, entry, conf)?;
+                    members_changed |= outcome.is_ok();
+                    if origin == self.member_id {
+                        results.push((request_id, outcome));
+                    }
+                    continue;
+                }
+                // Leader no-ops; this member never proposes joint (V2) changes.
+                _ => continue,
             }
             let cmd = RaftCommand::decode(&entry.data[..]).map_err(|e| StorageError::Corrupt {
                 table: "raft_log",
@@ -91,6 +121,7 @@ impl Applier {
             } else {
                 Err(ServerError::NotLeader)
             };
+            members_changed |= matches!(&outcome, Ok(ApplyOutput::Members(_)));
             if cmd.origin == self.member_id {
                 results.push((cmd.request_id, outcome));
             }
@@ -103,6 +134,68 @@ impl Applier {
         for (id, outcome) in results {
             self.waiters.fire(id, outcome);
         }
+        Ok(members_changed)
+    }
+
+    /// Applies one conf change entry: checks it against the member table, lets raft-rs change its
+    /// configuration, and records both. An invalid change changes nothing (raft-rs is not told).
+    fn apply_conf_change(
+        &self,
+        txn: &WriteTransaction,
+        entry: &Entry,
+        conf: &mut ConfApplier<'_>,
+    ) -> StorageResult<(u64, u64, ApplyOutcome)> {
+        let cc = ConfChange::parse_from_bytes(&entry.data).map_err(|e| StorageError::Corrupt {
+            table: "raft_log",
+            detail: format!("entry {} is not a conf change: {e}", entry.index),
+        })?;
+        let ctx =
+            ConfChangeContext::decode(&cc.context[..]).map_err(|e| StorageError::Corrupt {
+                table: "raft_log",
+                detail: format!("conf change {} has a bad context: {e}", entry.index),
+            })?;
+        let change = membership::change_of(&cc, ctx.member, &self.membership);
+        if let Err(e) = self.membership.check(&change) {
+            tracing::warn!(index = entry.index, error = %e, ?change, "membership change refused at apply");
+            return Ok((ctx.origin, ctx.request_id, Err(e)));
+        }
+        let cs = conf(&cc).map_err(|e| StorageError::Corrupt {
+            table: "raft_log",
+            detail: format!("raft refused conf change {}: {e}", entry.index),
+        })?;
+        self.membership.apply_change(txn, &change)?;
+        self.log.stage_conf_state(txn, &cs)?;
+        tracing::info!(index = entry.index, ?change, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+        Ok((
+            ctx.origin,
+            ctx.request_id,
+            Ok(ApplyOutput::Members(self.membership.list())),
+        ))
+    }
+
+    /// Installs the snapshot `meta` received into the file at `path`: replaces the whole state in
+    /// one durable transaction, then reloads the store's index, the leases and the member table,
+    /// moves watches to catching up from the new history, and advances the applied index.
+    pub fn restore(&self, meta: &SnapshotMetadata, path: &Path) -> StorageResult<()> {
+        let started = std::time::Instant::now();
+        self.log
+            .install_snapshot(meta, |txn| snapshot::load_rows(txn, path))?;
+        self.store.reload().map_err(mvcc_storage)?;
+        self.lessor.reload(&self.db, &self.store)?;
+        self.membership.reload(&self.db)?;
+        self.hub.restored(&self.store, self.store.revision());
+        self.applied.send_replace(meta.index);
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove an installed snapshot file");
+        }
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            revision = self.store.revision(),
+            keys = self.store.key_count(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "installed snapshot"
+        );
         Ok(())
     }
 
@@ -135,6 +228,17 @@ impl Applier {
                 self.lessor.checkpoint(txn, &r.checkpoints)?;
                 return Ok(Ok(ApplyOutput::Done));
             }
+            Op::MemberUpdate(m) => {
+                let change = Change::Update {
+                    id: m.id,
+                    peer_urls: m.peer_urls.clone(),
+                };
+                if let Err(e) = self.membership.check(&change) {
+                    return Ok(Err(e));
+                }
+                self.membership.apply_change(txn, &change)?;
+                return Ok(Ok(ApplyOutput::Members(self.membership.list())));
+            }
             _ => {}
         }
         let mut w = self.store.writer(txn).map_err(mvcc_storage)?;
@@ -151,7 +255,9 @@ impl Applier {
                 }),
                 Err(e) => Err(KvError::Rejected(e)),
             },
-            Op::Publish(_) | Op::LeaseGrant(_) | Op::LeaseCheckpoint(_) => Ok(ApplyOutput::Done),
+            Op::Publish(_) | Op::LeaseGrant(_) | Op::LeaseCheckpoint(_) | Op::MemberUpdate(_) => {
+                Ok(ApplyOutput::Done)
+            }
         };
         let done = w.finish();
         if !done.events.is_empty() {

@@ -82,6 +82,10 @@ pub struct Flags {
     /// stored one (bounds how much leader changes can extend a lease).
     #[arg(long, default_value = "5s")]
     pub experimental_lease_checkpoint_interval: String,
+    /// Raft log entries kept behind the applied index, so a briefly lagging member catches up
+    /// from the log; one further behind receives a snapshot (etcd's flag and default).
+    #[arg(long, default_value_t = 5000)]
+    pub experimental_snapshot_catchup_entries: u64,
     /// A watch stream whose client reads nothing for this long is ended with an error.
     #[arg(long, default_value = "30s")]
     pub watch_slow_consumer_timeout: String,
@@ -114,6 +118,7 @@ pub struct Settings {
     pub max_txn_ops: usize,
     pub watch_progress_notify_interval: Duration,
     pub lease_checkpoint_interval: Duration,
+    pub snapshot_catchup_entries: u64,
     pub watch_slow_consumer_timeout: Duration,
     pub log_level: String,
 }
@@ -193,6 +198,7 @@ fn merge(cli: Flags, file: Flags, m: &ArgMatches) -> Flags {
         max_txn_ops,
         experimental_watch_progress_notify_interval,
         experimental_lease_checkpoint_interval,
+        experimental_snapshot_catchup_entries,
         watch_slow_consumer_timeout,
         log_level
     )
@@ -309,6 +315,13 @@ impl Flags {
         if self.max_txn_ops == 0 {
             return Err(bad("max-txn-ops", "0", "must be positive"));
         }
+        if self.experimental_snapshot_catchup_entries == 0 {
+            return Err(bad(
+                "experimental-snapshot-catchup-entries",
+                "0",
+                "must be positive",
+            ));
+        }
         Ok(Settings {
             name: self.name.clone(),
             data_dir: self.data_dir.clone(),
@@ -331,6 +344,7 @@ impl Flags {
                 "experimental-lease-checkpoint-interval",
                 &self.experimental_lease_checkpoint_interval,
             )?,
+            snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
             watch_slow_consumer_timeout: parse_duration(
                 "watch-slow-consumer-timeout",
                 &self.watch_slow_consumer_timeout,

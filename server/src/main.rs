@@ -35,6 +35,11 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(server::run(settings, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
+        // Removal is the cluster's decision, not a failure: a supervisor must not restart it.
+        Err(e @ server::RunError::Removed) => {
+            eprintln!("conclave: {e}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("conclave: {e}");
             ExitCode::FAILURE

@@ -8,22 +8,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use conclave_proto::conclave::internal::v1::MemberRecord;
 use conclave_proto::conclave::internal::v1::{PublishMember, raft_command::Op};
+use conclave_proto::conclave::peer::v1::cluster_forward_client::ClusterForwardClient;
+use conclave_proto::conclave::peer::v1::cluster_forward_server::ClusterForwardServer;
 use conclave_proto::conclave::peer::v1::lease_forward_server::LeaseForwardServer;
 use conclave_proto::conclave::peer::v1::raft_transport_server::RaftTransportServer;
-use conclave_proto::etcdserverpb::ResponseHeader;
 use conclave_proto::etcdserverpb::cluster_server::ClusterServer;
 use conclave_proto::etcdserverpb::kv_server::KvServer;
 use conclave_proto::etcdserverpb::lease_server::LeaseServer;
 use conclave_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use conclave_proto::etcdserverpb::watch_server::WatchServer;
+use conclave_proto::etcdserverpb::{MemberListRequest, ResponseHeader};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::server::TcpIncoming;
 
-use crate::api::cluster::ClusterService;
+use crate::api::cluster::{ClusterForwardService, ClusterService};
 use crate::api::kv::KvService;
-use crate::api::lease::{LeaseForwardService, LeaseService, PeerChannels};
+use crate::api::leader::PeerChannels;
+use crate::api::lease::{LeaseForwardService, LeaseService};
 use crate::api::maintenance::MaintenanceService;
 use crate::api::peer::PeerService;
 use crate::api::watch::WatchService;
@@ -36,7 +40,7 @@ use crate::mvcc::{MvccError, Store};
 use crate::node::proposal::Waiters;
 use crate::node::{self, Node, NodeError, NodeParts, RaftTiming};
 use crate::storage::raft_log::RaftLog;
-use crate::storage::{self, META_APPLIED_INDEX, StorageError};
+use crate::storage::{self, META_APPLIED_INDEX, StorageError, snapshot};
 use crate::watch::{HubSettings, WatchHub, catch_up};
 
 /// gRPC framing overhead allowed on top of --max-request-bytes (etcd allows the same).
@@ -62,24 +66,93 @@ pub enum RunError {
     Startup(String),
     #[error("member stopped: {0}")]
     Fatal(String),
+    #[error("the member has been permanently removed from the cluster")]
+    Removed,
+}
+
+/// This member's peer URLs, as `--initial-cluster` lists them under its `--name`.
+fn my_peer_urls(settings: &Settings) -> Result<Vec<String>, RunError> {
+    settings
+        .initial_cluster
+        .iter()
+        .find(|m| m.name == settings.name)
+        .map(|m| m.peer_urls.clone())
+        .ok_or_else(|| {
+            RunError::Bootstrap(BootstrapError::NotInInitialCluster(settings.name.clone()))
+        })
+}
+
+/// Asks the other members of `--initial-cluster` (on their peer URLs) for the cluster id and
+/// member table, for a member joining a running cluster. Tries each until one answers.
+async fn ask_members(settings: &Settings) -> Result<(u64, Vec<MemberRecord>), RunError> {
+    let mine = my_peer_urls(settings)?;
+    let mut errors = Vec::new();
+    for url in settings
+        .initial_cluster
+        .iter()
+        .flat_map(|m| m.peer_urls.iter())
+        .filter(|u| !mine.contains(u))
+    {
+        let answer = async {
+            let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                .map_err(|e| e.to_string())?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            ClusterForwardClient::new(channel)
+                .member_list(MemberListRequest { linearizable: true })
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| s.message().to_string())
+        };
+        match answer.await {
+            Ok(list) => {
+                let cluster_id = list.header.map_or(0, |h| h.cluster_id);
+                let members = list
+                    .members
+                    .into_iter()
+                    .map(|m| MemberRecord {
+                        id: m.id,
+                        name: m.name,
+                        peer_urls: m.peer_ur_ls,
+                        client_urls: m.client_ur_ls,
+                        is_learner: m.is_learner,
+                    })
+                    .collect();
+                tracing::info!(peer = %url, cluster = format!("{cluster_id:x}"), "joining a running cluster");
+                return Ok((cluster_id, members));
+            }
+            Err(e) => errors.push(format!("{url}: {e}")),
+        }
+    }
+    Err(RunError::Startup(format!(
+        "--initial-cluster-state existing: no member of --initial-cluster answered ({})",
+        errors.join("; ")
+    )))
 }
 
 /// Runs a member until `shutdown` completes. Returns an error if it could not start or failed.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let db = storage::open(&settings.data_dir)?;
-    let (membership, identity, fresh) = Membership::open_or_bootstrap(
-        &db,
-        &settings.name,
-        &settings.initial_cluster,
-        &settings.initial_cluster_token,
-    )?;
-    if fresh && settings.initial_cluster_state == ClusterState::Existing {
-        return Err(RunError::Startup(
-            "--initial-cluster-state existing: joining a running cluster needs membership changes, \
-             which this version does not support yet"
-                .into(),
-        ));
-    }
+    let snapshot_dir = settings.data_dir.join("snap");
+    snapshot::clear_dir(&snapshot_dir)?;
+    let joining = settings.initial_cluster_state == ClusterState::Existing
+        && storage::read_meta(&db, storage::META_MEMBER_ID)? == 0;
+    let (membership, identity, fresh) = if joining {
+        let (cluster_id, members) = ask_members(&settings).await?;
+        let mine = my_peer_urls(&settings)?;
+        let (membership, identity) = Membership::join(&db, &mine, cluster_id, members)?;
+        (membership, identity, true)
+    } else {
+        Membership::open_or_bootstrap(
+            &db,
+            &settings.name,
+            &settings.initial_cluster,
+            &settings.initial_cluster_token,
+        )?
+    };
     tracing::info!(
         member = format!("{:x}", identity.member_id),
         cluster = format!("{:x}", identity.cluster_id),
@@ -88,6 +161,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         "starting member"
     );
     let log = RaftLog::open(db.clone())?;
+    let log_handle = log.clone();
     let started = Instant::now();
     let store = Arc::new(Store::open(db.clone())?);
     tracing::info!(
@@ -100,11 +174,17 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let lessor = Arc::new(Lessor::open(&db, &store, lease::min_ttl(election_timeout))?);
     let applied_index = storage::read_meta(&db, META_APPLIED_INDEX)?;
     let members = membership.list();
-    let voters: Vec<u64> = members
-        .iter()
-        .filter(|m| !m.is_learner)
-        .map(|m| m.id)
-        .collect();
+    // Only the members of a new cluster store the initial voters; a joining member learns them
+    // from a snapshot, and a restarted one has them stored.
+    let voters: Vec<u64> = if fresh && !joining {
+        members
+            .iter()
+            .filter(|m| !m.is_learner)
+            .map(|m| m.id)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let peers: HashMap<u64, String> = members
         .iter()
         .filter_map(|m| m.peer_urls.first().map(|u| (m.id, u.clone())))
@@ -124,9 +204,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                 election_ticks: settings.election_ticks,
             },
             applied_index,
+            log_retention: settings.snapshot_catchup_entries,
             request_timeout: settings.request_timeout(),
             waiters: waiters.clone(),
             applied: applied_rx,
+            snapshot_dir: snapshot_dir.clone(),
         },
         &tokio::runtime::Handle::current(),
     )?;
@@ -160,6 +242,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         lessor: lessor.clone(),
         hub: hub.clone(),
         membership: membership.clone(),
+        log: log_handle,
         waiters,
         applied: applied_tx,
         member_id: identity.member_id,
@@ -203,7 +286,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                     .max_decoding_message_size(max),
             )
             .add_service(
-                ClusterServer::new(ClusterService::new(ctx.clone())).max_decoding_message_size(max),
+                ClusterServer::new(ClusterService::new(ctx.clone(), peer_channels.clone()))
+                    .max_decoding_message_size(max),
             )
             .add_service(WatchServer::new(WatchService::new(hub.clone())))
             .add_service(LeaseServer::new(LeaseService::new(
@@ -223,10 +307,17 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(
-                RaftTransportServer::new(PeerService::new(node.clone()))
-                    .max_decoding_message_size(usize::MAX),
+                RaftTransportServer::new(PeerService::new(
+                    node.clone(),
+                    membership.clone(),
+                    snapshot_dir.clone(),
+                ))
+                .max_decoding_message_size(usize::MAX),
             )
             .add_service(LeaseForwardServer::new(LeaseForwardService::new(
+                ctx.clone(),
+            )))
+            .add_service(ClusterForwardServer::new(ClusterForwardService::new(
                 ctx.clone(),
             )));
         let stop = stopped(stop_rx.clone());
@@ -251,8 +342,15 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             Ok(())
         }
         Some(why) = fatal_rx.recv() => {
-            tracing::error!(%why, "fatal error; stopping");
-            Err(RunError::Fatal(why))
+            if why.ends_with(&NodeError::Removed.to_string()) {
+                // Let the answer to the MemberRemove that removed this member go out.
+                tracing::warn!("this member was removed from the cluster; stopping");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Err(RunError::Removed)
+            } else {
+                tracing::error!(%why, "fatal error; stopping");
+                Err(RunError::Fatal(why))
+            }
         }
     };
     publisher.abort();

@@ -336,7 +336,7 @@ impl ClusterBuilder {
             keep: self.keep,
             dir: Some(dir),
             client_options: self.client_options,
-            probes,
+            probes: Mutex::new(probes),
             nodes: Mutex::new(nodes),
         };
         tracing::info!(dir = %cluster.path.display(), nodes = self.nodes, "starting cluster");
@@ -536,7 +536,7 @@ pub struct Cluster {
     dir: Option<TempDir>,
     client_options: ConnectOptions,
     /// One single-endpoint client per node with short timeouts, for readiness probes.
-    probes: Vec<Client>,
+    probes: Mutex<Vec<Client>>,
     nodes: Mutex<Vec<Node>>,
 }
 
@@ -578,14 +578,114 @@ impl Cluster {
             .ok_or(Error::NoSuchNode { index, len })
     }
 
-    /// The number of nodes.
+    fn probe_client(&self, index: usize) -> Result<Client, Error> {
+        let probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        probes.get(index).cloned().ok_or(Error::NoSuchNode {
+            index,
+            len: probes.len(),
+        })
+    }
+
+    /// The number of nodes (including those added with [`Cluster::add_node`] and retired ones).
     pub fn len(&self) -> usize {
-        self.probes.len()
+        self.lock().len()
     }
 
     /// Always false: a cluster has at least one node.
     pub fn is_empty(&self) -> bool {
-        self.probes.is_empty()
+        self.lock().is_empty()
+    }
+
+    /// Prepares a new node (next index, fresh ports and data dir, not started) that joins the
+    /// running cluster: `--initial-cluster-state existing`, with every node's peer URL in
+    /// `--initial-cluster`. Its other flags are node 0's. Add it to the cluster with MemberAdd
+    /// (its [`Cluster::peer_url`]), then start it with [`Cluster::restart`]. Loopback only.
+    pub async fn add_node(&self) -> Result<usize, Error> {
+        let (index, client_url) = {
+            let mut nodes = self.lock();
+            let index = nodes.len();
+            let name = format!("n{}", index + 1);
+            let mut node = Node {
+                name: name.clone(),
+                host: Host {
+                    address: "127.0.0.1".into(),
+                    launcher: Vec::new(),
+                },
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                data_dir: self.path.join(&name),
+                log_path: self.path.join(format!("{name}.log")),
+                args: Vec::new(),
+                child: None,
+                exited: None,
+                paused: false,
+                starts: 0,
+            };
+            let initial_cluster = nodes
+                .iter()
+                .chain([&node])
+                .map(|n| format!("{}={}", n.name, n.peer_url()))
+                .collect::<Vec<_>>()
+                .join(",");
+            let replace = [
+                ("--name", name.clone()),
+                ("--data-dir", node.data_dir.display().to_string()),
+                ("--listen-client-urls", node.client_url()),
+                ("--advertise-client-urls", node.client_url()),
+                ("--listen-peer-urls", node.peer_url()),
+                ("--initial-advertise-peer-urls", node.peer_url()),
+                ("--initial-cluster", initial_cluster),
+                ("--initial-cluster-state", "existing".into()),
+            ];
+            let mut args = nodes.first().map(|n| n.args.clone()).unwrap_or_default();
+            for (flag, value) in replace {
+                if let Some(i) = args.iter().position(|a| a == flag)
+                    && let Some(slot) = args.get_mut(i + 1)
+                {
+                    *slot = value.into();
+                }
+            }
+            node.args = args;
+            let client_url = node.client_url();
+            nodes.push(node);
+            (index, client_url)
+        };
+        let probe_options = ConnectOptions::new()
+            .with_dial_timeout(Duration::from_millis(500))
+            .with_request_timeout(Duration::from_secs(1))
+            .with_max_attempts(1);
+        let probe = Client::connect([client_url], probe_options).await?;
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(probe);
+        Ok(index)
+    }
+
+    /// Waits up to `timeout` for node `index` to exit on its own (a removed member stops
+    /// itself), then forgets the process: the node counts as stopped, not as failed. Returns
+    /// whether it exited in time (if not, it is killed).
+    pub async fn wait_exit(&self, index: usize, timeout: Duration) -> Result<bool, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let exited = self.with_node(index, |n| {
+                n.poll_exit();
+                if n.child.is_none() {
+                    n.exited = None;
+                    true
+                } else {
+                    false
+                }
+            })?;
+            if exited {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                self.kill(index)?;
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The cluster directory (data dirs `n1/`, `n2/`, ... and logs `n1.log`, ...).
@@ -791,8 +891,14 @@ impl Cluster {
     async fn probe(&self) -> Result<Vec<Probe>, Error> {
         let running = self.running()?;
         let calls = running.into_iter().map(|index| {
-            let probe = self.probes[index].clone();
+            let probe = self.probe_client(index);
             async move {
+                let Ok(probe) = probe else {
+                    return Probe {
+                        index,
+                        status: Err(conclave_client::Error::NoEndpoints),
+                    };
+                };
                 let status = probe.maintenance().status().await;
                 Probe { index, status }
             }
@@ -843,11 +949,7 @@ impl Cluster {
 
     /// The member ID of node `index`, from its Status answer.
     pub async fn member_id(&self, index: usize) -> Result<u64, Error> {
-        let len = self.len();
-        let probe = self
-            .probes
-            .get(index)
-            .ok_or(Error::NoSuchNode { index, len })?;
+        let probe = self.probe_client(index)?;
         let status = probe.maintenance().status().await?;
         Ok(status.header.map(|h| h.member_id).unwrap_or(0))
     }

@@ -1,8 +1,21 @@
-//! etcdserverpb.Cluster: the member list. Membership changes arrive with the cluster-operations
-//! work and answer `Unimplemented` until then.
+//! etcdserverpb.Cluster, and conclave.peer.v1.ClusterForward (served on the peer port).
+//!
+//! Membership changes are decided by the leader, which alone knows how replication stands: a
+//! learner is promoted only once it has at least 90% of the leader's log (etcd's rule), and, as
+//! etcd's strict reconfiguration check, a change must leave enough recently active voters for a
+//! quorum. A follower forwards MemberAdd/Remove/Update/Promote to the leader's `ClusterForward`,
+//! which never forwards again. Removing the leader first moves leadership to the most up-to-date
+//! active voter, which then performs the removal. A forwarded request is retried only when it
+//! certainly did not reach raft (no leader, not the leader): a membership change is not
+//! idempotent. A removed member that missed its own removal learns it from its peers, which
+//! refuse its messages.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use conclave_proto::conclave::internal::v1::MemberRecord;
+use conclave_proto::conclave::peer::v1::cluster_forward_client::ClusterForwardClient;
+use conclave_proto::conclave::peer::v1::cluster_forward_server::ClusterForward;
 use conclave_proto::etcdserverpb::cluster_server::Cluster;
 use conclave_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
@@ -12,74 +25,420 @@ use conclave_proto::etcdserverpb::{
 use tonic::{Request, Response, Status};
 
 use super::Context;
+use super::leader::{Forwarding, PeerChannels, on_leader};
+use crate::apply::ApplyOutput;
+use crate::error::ServerError;
+use crate::membership::{self, Change};
+use crate::node::LeaderProgress;
 
-pub struct ClusterService {
-    ctx: Arc<Context>,
-}
+/// Pause before asking again when the leader is unknown or just changed.
+const LEADER_RETRY: Duration = Duration::from_millis(100);
+/// A learner may be promoted once it has this share of the leader's log (etcd's value).
+const LEARNER_READY: f64 = 0.9;
 
-impl ClusterService {
-    pub fn new(ctx: Arc<Context>) -> Self {
-        ClusterService { ctx }
+fn to_member(m: MemberRecord) -> Member {
+    Member {
+        id: m.id,
+        name: m.name,
+        peer_ur_ls: m.peer_urls,
+        client_ur_ls: m.client_urls,
+        is_learner: m.is_learner,
     }
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("conclave: {what} is not supported yet"))
+fn members(records: Vec<MemberRecord>) -> Vec<Member> {
+    records.into_iter().map(to_member).collect()
+}
+
+/// A fresh member id for `peer_urls`: derived like the bootstrap ids, plus the time, so that
+/// re-adding a removed member's URLs gives a new id (as etcd).
+fn new_member_id(peer_urls: &[String], cluster_id: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    membership::member_id(peer_urls, &format!("{cluster_id:x}/{nanos}"))
+}
+
+fn quorum(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
+/// The strict reconfiguration check: after the change, the recently active voters must still
+/// form a quorum of the voters.
+fn enough_started(progress: &LeaderProgress, change: &Change) -> bool {
+    let active = |id: &u64| progress.active.get(id).copied().unwrap_or(false);
+    let (voters, live): (usize, usize) = match change {
+        Change::Add(m) if !m.is_learner => {
+            let live = progress.voters.iter().filter(|id| active(id)).count();
+            (progress.voters.len() + 1, live)
+        }
+        Change::Promote(id) => {
+            let live = progress.voters.iter().filter(|id| active(id)).count();
+            (progress.voters.len() + 1, live + usize::from(active(id)))
+        }
+        Change::Remove(id) if progress.voters.contains(id) => {
+            let rest: Vec<&u64> = progress.voters.iter().filter(|v| *v != id).collect();
+            (rest.len(), rest.iter().filter(|v| active(v)).count())
+        }
+        _ => return true,
+    };
+    live >= quorum(voters)
+}
+
+/// Whether learner `id` has caught up enough to vote.
+fn learner_ready(progress: &LeaderProgress, id: u64) -> bool {
+    let learner = progress.matched.get(&id).copied().unwrap_or(0) as f64;
+    learner >= progress.last_index as f64 * LEARNER_READY
+}
+
+/// The leader's side of every change: checks, then proposes and waits for the table after it.
+async fn change_here(ctx: &Context, change: Change) -> Result<Vec<MemberRecord>, ServerError> {
+    ctx.membership.check(&change)?;
+    let progress = ctx.node.progress().await?.ok_or(ServerError::NotLeader)?;
+    if let Change::Promote(id) = &change
+        && !learner_ready(&progress, *id)
+    {
+        return Err(ServerError::LearnerNotReady);
+    }
+    if !enough_started(&progress, &change) {
+        return Err(ServerError::MemberNotEnoughStarted);
+    }
+    if let Change::Remove(id) = &change
+        && *id == ctx.node.member_id
+    {
+        let successor = progress
+            .voters
+            .iter()
+            .filter(|v| **v != *id && progress.active.get(v).copied().unwrap_or(false))
+            .max_by_key(|v| progress.matched.get(v).copied().unwrap_or(0))
+            .copied()
+            .ok_or(ServerError::MemberNotEnoughStarted)?;
+        tracing::info!(
+            successor = format!("{successor:x}"),
+            "removing the leader: moving leadership first"
+        );
+        ctx.node.transfer_leadership(successor).await?;
+        // The successor proposes the removal: a removed member may never apply its own removal
+        // (replication to it stops once the leader applies it), so it could not answer. "Not
+        // leader" sends the request there (see `on_leader`).
+        return Err(ServerError::NotLeader);
+    }
+    match ctx
+        .node
+        .propose_change(change, ctx.limits.max_request_bytes)
+        .await?
+    {
+        ApplyOutput::Members(list) => Ok(list),
+        _ => Err(ServerError::NotCapable),
+    }
+}
+
+async fn add_here(ctx: &Context, req: MemberAddRequest) -> Result<MemberAddResponse, ServerError> {
+    membership::check_urls(&req.peer_ur_ls)?;
+    let record = MemberRecord {
+        id: new_member_id(&req.peer_ur_ls, ctx.node.cluster_id),
+        name: String::new(),
+        peer_urls: req.peer_ur_ls,
+        client_urls: Vec::new(),
+        is_learner: req.is_learner,
+    };
+    let list = change_here(ctx, Change::Add(record.clone())).await?;
+    Ok(MemberAddResponse {
+        header: Some(ctx.header(0)),
+        member: Some(to_member(record)),
+        members: members(list),
+    })
+}
+
+async fn remove_here(
+    ctx: &Context,
+    req: MemberRemoveRequest,
+) -> Result<MemberRemoveResponse, ServerError> {
+    let list = change_here(ctx, Change::Remove(req.id)).await?;
+    Ok(MemberRemoveResponse {
+        header: Some(ctx.header(0)),
+        members: members(list),
+    })
+}
+
+async fn update_here(
+    ctx: &Context,
+    req: MemberUpdateRequest,
+) -> Result<MemberUpdateResponse, ServerError> {
+    let change = Change::Update {
+        id: req.id,
+        peer_urls: req.peer_ur_ls,
+    };
+    let list = change_here(ctx, change).await?;
+    Ok(MemberUpdateResponse {
+        header: Some(ctx.header(0)),
+        members: members(list),
+    })
+}
+
+async fn promote_here(
+    ctx: &Context,
+    req: MemberPromoteRequest,
+) -> Result<MemberPromoteResponse, ServerError> {
+    let list = change_here(ctx, Change::Promote(req.id)).await?;
+    Ok(MemberPromoteResponse {
+        header: Some(ctx.header(0)),
+        members: members(list),
+    })
+}
+
+/// Membership changes on the leader: retried only when they certainly never reached raft (a
+/// change is not idempotent), until the request deadline.
+const FORWARDING: Forwarding = Forwarding {
+    pause: LEADER_RETRY,
+    attempt: None,
+    retry: not_sent,
+};
+
+fn not_sent(s: &Status) -> bool {
+    s.message() == ServerError::NoLeader.to_string()
+        || s.message() == ServerError::NotLeader.to_string()
+}
+
+pub struct ClusterService {
+    ctx: Arc<Context>,
+    peers: Arc<PeerChannels>,
+}
+
+impl ClusterService {
+    pub fn new(ctx: Arc<Context>, peers: Arc<PeerChannels>) -> Self {
+        ClusterService { ctx, peers }
+    }
+}
+
+/// The member list of this member; after a read barrier if `linearizable`.
+async fn list(ctx: &Context, req: MemberListRequest) -> Result<MemberListResponse, Status> {
+    if req.linearizable {
+        ctx.refuse_learner()?;
+        ctx.node.read_barrier().await?;
+    }
+    Ok(MemberListResponse {
+        header: Some(ctx.header(0)),
+        members: members(ctx.membership.list()),
+    })
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(not_yet("MemberAdd"))
+        self.ctx.refuse_learner()?;
+        let req = req.into_inner();
+        let ctx = &self.ctx;
+        on_leader(
+            ctx,
+            &self.peers,
+            &FORWARDING,
+            || add_here(ctx, req.clone()),
+            |channel| {
+                let mut c = ClusterForwardClient::new(channel);
+                let req = req.clone();
+                async move { Ok(c.member_add(req).await?.into_inner()) }
+            },
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn member_remove(
         &self,
-        _: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(not_yet("MemberRemove"))
+        self.ctx.refuse_learner()?;
+        let req = req.into_inner();
+        let ctx = &self.ctx;
+        on_leader(
+            ctx,
+            &self.peers,
+            &FORWARDING,
+            || remove_here(ctx, req),
+            |channel| async move {
+                let mut c = ClusterForwardClient::new(channel);
+                Ok(c.member_remove(req).await?.into_inner())
+            },
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn member_update(
         &self,
-        _: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(not_yet("MemberUpdate"))
+        self.ctx.refuse_learner()?;
+        let req = req.into_inner();
+        let ctx = &self.ctx;
+        on_leader(
+            ctx,
+            &self.peers,
+            &FORWARDING,
+            || update_here(ctx, req.clone()),
+            |channel| {
+                let mut c = ClusterForwardClient::new(channel);
+                let req = req.clone();
+                async move { Ok(c.member_update(req).await?.into_inner()) }
+            },
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn member_list(
         &self,
         req: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        if req.into_inner().linearizable {
-            self.ctx.node.read_barrier().await?;
-        }
-        let members = self
-            .ctx
-            .membership
-            .list()
-            .into_iter()
-            .map(|m| Member {
-                id: m.id,
-                name: m.name,
-                peer_ur_ls: m.peer_urls,
-                client_ur_ls: m.client_urls,
-                is_learner: m.is_learner,
-            })
-            .collect();
-        Ok(Response::new(MemberListResponse {
-            header: Some(self.ctx.header(0)),
-            members,
-        }))
+        list(&self.ctx, req.into_inner()).await.map(Response::new)
     }
 
     async fn member_promote(
         &self,
-        _: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(not_yet("MemberPromote"))
+        self.ctx.refuse_learner()?;
+        let req = req.into_inner();
+        let ctx = &self.ctx;
+        on_leader(
+            ctx,
+            &self.peers,
+            &FORWARDING,
+            || promote_here(ctx, req),
+            |channel| async move {
+                let mut c = ClusterForwardClient::new(channel);
+                Ok(c.member_promote(req).await?.into_inner())
+            },
+        )
+        .await
+        .map(Response::new)
+    }
+}
+
+/// The leader's end of forwarded membership changes (and any member's list, for joiners).
+pub struct ClusterForwardService {
+    ctx: Arc<Context>,
+}
+
+impl ClusterForwardService {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        ClusterForwardService { ctx }
+    }
+
+    fn leading(&self) -> Result<(), Status> {
+        if self.ctx.node.status().is_leader {
+            Ok(())
+        } else {
+            Err(ServerError::NotLeader.into())
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterForward for ClusterForwardService {
+    async fn member_add(
+        &self,
+        req: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        self.leading()?;
+        Ok(Response::new(add_here(&self.ctx, req.into_inner()).await?))
+    }
+
+    async fn member_remove(
+        &self,
+        req: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.leading()?;
+        Ok(Response::new(
+            remove_here(&self.ctx, req.into_inner()).await?,
+        ))
+    }
+
+    async fn member_update(
+        &self,
+        req: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.leading()?;
+        Ok(Response::new(
+            update_here(&self.ctx, req.into_inner()).await?,
+        ))
+    }
+
+    async fn member_promote(
+        &self,
+        req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.leading()?;
+        Ok(Response::new(
+            promote_here(&self.ctx, req.into_inner()).await?,
+        ))
+    }
+
+    async fn member_list(
+        &self,
+        req: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        list(&self.ctx, req.into_inner()).await.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn progress(voters: &[u64], active: &[u64], matched: &[(u64, u64)]) -> LeaderProgress {
+        LeaderProgress {
+            last_index: 100,
+            voters: voters.to_vec(),
+            active: voters
+                .iter()
+                .chain(matched.iter().map(|(id, _)| id))
+                .map(|id| (*id, active.contains(id)))
+                .collect(),
+            matched: matched.iter().copied().collect::<HashMap<_, _>>(),
+        }
+    }
+
+    fn voter(id: u64) -> MemberRecord {
+        MemberRecord {
+            id,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn strict_reconfiguration_keeps_a_live_quorum() {
+        // 3 voters, all up: growing to 4 needs 3 live, fine.
+        let all = progress(&[1, 2, 3], &[1, 2, 3], &[]);
+        assert!(enough_started(&all, &Change::Add(voter(4))));
+        // One down: 2 live of 4 voters is no quorum.
+        let one_down = progress(&[1, 2, 3], &[1, 2], &[]);
+        assert!(!enough_started(&one_down, &Change::Add(voter(4))));
+        // Adding a learner never counts.
+        let learner = MemberRecord {
+            is_learner: true,
+            ..voter(4)
+        };
+        assert!(enough_started(&one_down, &Change::Add(learner)));
+        // Removing the dead one leaves 2 of 2; removing a live one leaves 1 of 2.
+        assert!(enough_started(&one_down, &Change::Remove(3)));
+        assert!(!enough_started(&one_down, &Change::Remove(2)));
+        // Promoting a live learner into a cluster with one voter down: 3 live of 4.
+        let with_learner = progress(&[1, 2, 3], &[1, 2, 4], &[(4, 95)]);
+        assert!(enough_started(&with_learner, &Change::Promote(4)));
+    }
+
+    #[test]
+    fn a_learner_is_ready_at_ninety_percent_of_the_leaders_log() {
+        let p = progress(&[1], &[1, 4], &[(4, 89)]);
+        assert!(!learner_ready(&p, 4));
+        let p = progress(&[1], &[1, 4], &[(4, 90)]);
+        assert!(learner_ready(&p, 4));
+        assert!(!learner_ready(&p, 5), "unknown member");
     }
 }

@@ -25,6 +25,7 @@ impl KvService {
     }
 
     async fn propose(&self, op: Op) -> Result<ApplyOutput, Status> {
+        self.ctx.refuse_learner()?;
         Ok(self
             .ctx
             .node
@@ -43,6 +44,7 @@ impl Kv for KvService {
         let req = req.into_inner();
         validate::range(&req)?;
         if !req.serializable {
+            self.ctx.refuse_learner()?;
             self.ctx.node.read_barrier().await?;
         }
         let mut resp = kv_ops::range(&*self.ctx.store, &req)?;

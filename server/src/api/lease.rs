@@ -5,9 +5,8 @@
 //! `LeaseForward` service answers them without forwarding again. Leases lists this member's
 //! leases after a read barrier.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use conclave_proto::conclave::internal::v1::raft_command::Op;
@@ -21,11 +20,10 @@ use conclave_proto::etcdserverpb::{
 };
 use futures::Stream;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::Context;
+use super::leader::{Forwarding, PeerChannels, on_leader};
 use crate::apply::ApplyOutput;
 use crate::error::ServerError;
 use crate::lease::{MAX_LEASE_TTL, leader};
@@ -39,28 +37,6 @@ const FORWARD_ATTEMPT: Duration = Duration::from_millis(250);
 /// Keep-alive responses buffered per stream.
 const KEEP_ALIVE_BUFFER: usize = 16;
 
-/// Lazily connected channels to other members' peer URLs.
-#[derive(Default)]
-pub struct PeerChannels {
-    channels: Mutex<HashMap<String, Channel>>,
-}
-
-impl PeerChannels {
-    fn get(&self, url: &str) -> Result<Channel, Status> {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(url) {
-            return Ok(c.clone());
-        }
-        let channel = Endpoint::from_shared(url.to_string())
-            .map_err(|e| Status::internal(format!("conclave: bad peer URL {url}: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        map.insert(url.to_string(), channel.clone());
-        Ok(channel)
-    }
-}
-
 pub struct LeaseService {
     ctx: Arc<Context>,
     peers: Arc<PeerChannels>,
@@ -72,52 +48,12 @@ impl LeaseService {
     }
 }
 
-/// Calls `here` when this member leads, otherwise `forward` on the leader's peer channel; retries
-/// while leadership moves, until the request timeout.
-async fn on_leader<T, H, HF, F, FF>(
-    ctx: &Context,
-    peers: &PeerChannels,
-    here: H,
-    forward: F,
-) -> Result<T, Status>
-where
-    H: Fn() -> HF,
-    HF: Future<Output = Result<T, ServerError>>,
-    F: Fn(LeaseForwardClient<Channel>) -> FF,
-    FF: Future<Output = Result<T, Status>>,
-{
-    let deadline = Instant::now() + ctx.request_timeout;
-    loop {
-        let status = ctx.node.status();
-        let outcome = if status.is_leader {
-            here().await.map_err(Status::from)
-        } else if status.leader == 0 {
-            Err(ServerError::NoLeader.into())
-        } else {
-            let url = ctx
-                .membership
-                .get(status.leader)
-                .and_then(|m| m.peer_urls.first().cloned());
-            match url {
-                Some(url) => {
-                    let client = LeaseForwardClient::new(peers.get(&url)?);
-                    let attempt = deadline.min(Instant::now() + FORWARD_ATTEMPT);
-                    match tokio::time::timeout_at(attempt, forward(client)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(ServerError::Timeout.into()),
-                    }
-                }
-                None => Err(ServerError::NoLeader.into()),
-            }
-        };
-        match outcome {
-            Err(s) if retryable(&s) && Instant::now() + LEADER_RETRY < deadline => {
-                tokio::time::sleep(LEADER_RETRY).await;
-            }
-            other => return other,
-        }
-    }
-}
+/// Lease requests on the leader: a renewal may be asked again, and each attempt is short.
+const FORWARDING: Forwarding = Forwarding {
+    pause: LEADER_RETRY,
+    attempt: Some(FORWARD_ATTEMPT),
+    retry: retryable,
+};
 
 /// Errors that mean "ask again, leadership is moving or the old leader is gone".
 fn retryable(s: &Status) -> bool {
@@ -182,8 +118,10 @@ async fn keep_alive_once(
     on_leader(
         ctx,
         peers,
+        &FORWARDING,
         || renew_here(ctx, id),
-        |mut c| async move {
+        |channel| async move {
+            let mut c = LeaseForwardClient::new(channel);
             Ok(c.keep_alive(LeaseKeepAliveRequest { id })
                 .await?
                 .into_inner())
@@ -201,6 +139,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        self.ctx.refuse_learner()?;
         let mut req = req.into_inner();
         if req.ttl > MAX_LEASE_TTL {
             return Err(ServerError::LeaseTtlTooLarge.into());
@@ -222,6 +161,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        self.ctx.refuse_learner()?;
         let max = self.ctx.limits.max_request_bytes;
         let op = Op::LeaseRevoke(req.into_inner());
         match self.ctx.node.propose(op, max).await? {
@@ -239,6 +179,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.ctx.refuse_learner()?;
         let mut requests = req.into_inner();
         let (tx, rx) = mpsc::channel(KEEP_ALIVE_BUFFER);
         let ctx = self.ctx.clone();
@@ -262,13 +203,18 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.ctx.refuse_learner()?;
         let req = req.into_inner();
         let ctx = &self.ctx;
         let resp = on_leader(
             ctx,
             &self.peers,
+            &FORWARDING,
             || time_to_live_here(ctx, &req),
-            |mut c| async move { Ok(c.time_to_live(req).await?.into_inner()) },
+            |channel| async move {
+                let mut c = LeaseForwardClient::new(channel);
+                Ok(c.time_to_live(req).await?.into_inner())
+            },
         )
         .await?;
         Ok(Response::new(resp))
@@ -278,6 +224,7 @@ impl Lease for LeaseService {
         &self,
         _req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.ctx.refuse_learner()?;
         self.ctx.node.read_barrier().await?;
         let leases = self
             .ctx

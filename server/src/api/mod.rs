@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod leader;
 pub mod lease;
 pub mod maintenance;
 pub mod peer;
@@ -56,6 +57,19 @@ impl Context {
             },
             raft_term: self.node.status().term,
         }
+    }
+
+    /// Refuses what a learner does not serve (etcd: only serializable reads, status and the
+    /// member list).
+    pub fn refuse_learner(&self) -> Result<(), tonic::Status> {
+        if self
+            .membership
+            .get(self.node.member_id)
+            .is_some_and(|m| m.is_learner)
+        {
+            return Err(crate::error::ServerError::NotSupportedForLearner.into());
+        }
+        Ok(())
     }
 
     /// A fresh lease id for a grant that left it to the server: positive, not in use.

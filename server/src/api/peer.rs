@@ -1,27 +1,103 @@
 //! conclave.peer.v1.RaftTransport: streams of raft messages from other members, checked for
 //! cluster identity and handed to the raft task in the order they were sent. The response stream
 //! carries nothing; it ends (with the reason, if reading failed) when this side stops reading.
+//!
+//! A snapshot arrives on its own stream: it is written to a file in the snapshot dir chunk by
+//! chunk (each chunk's crc32 checked, then the whole's length and crc32), made durable, and only
+//! then is its raft message handed to raft, which installs it in a Ready.
 
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use conclave_proto::conclave::peer::v1::raft_transport_server::RaftTransport;
-use conclave_proto::conclave::peer::v1::{RaftBatch, StreamEnd};
+use conclave_proto::conclave::peer::v1::{RaftBatch, SnapshotAck, SnapshotChunk, StreamEnd};
 use futures::{Stream, StreamExt};
 use protobuf::Message as _;
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::membership::Membership;
 use crate::node::Node;
+use crate::node::transport::REMOVED;
+use crate::storage::snapshot::{self, Receiving};
 
 pub struct PeerService {
     node: Arc<Node>,
+    membership: Arc<Membership>,
+    snapshot_dir: PathBuf,
 }
 
 impl PeerService {
-    pub fn new(node: Arc<Node>) -> Self {
-        PeerService { node }
+    pub fn new(node: Arc<Node>, membership: Arc<Membership>, snapshot_dir: PathBuf) -> Self {
+        PeerService {
+            node,
+            membership,
+            snapshot_dir,
+        }
+    }
+
+    /// Receives one snapshot into its file; returns its raft message.
+    async fn receive_snapshot(
+        &self,
+        mut chunks: Streaming<SnapshotChunk>,
+    ) -> Result<Message, Status> {
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("conclave: empty snapshot stream"))?;
+        if first.cluster_id != self.node.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "conclave: cluster id mismatch (mine {:x}, sender's {:x})",
+                self.node.cluster_id, first.cluster_id
+            )));
+        }
+        let message = Message::parse_from_bytes(&first.message)
+            .map_err(|e| Status::invalid_argument(format!("conclave: bad raft message: {e}")))?;
+        if message.get_msg_type() != MessageType::MsgSnapshot {
+            return Err(Status::invalid_argument(
+                "conclave: a snapshot stream must start with a snapshot message",
+            ));
+        }
+        let meta = message.get_snapshot().get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        tracing::info!(
+            from = format!("{:x}", message.from),
+            index,
+            term,
+            "receiving snapshot"
+        );
+        let started = Instant::now();
+        let target = snapshot::file_path(&self.snapshot_dir, term, index);
+        let storage = |e: crate::storage::StorageError| Status::data_loss(format!("conclave: {e}"));
+        let mut file = Receiving::create(target).map_err(storage)?;
+        let path = loop {
+            let chunk = chunks.message().await?.ok_or_else(|| {
+                Status::aborted(format!(
+                    "conclave: snapshot stream ended after {} bytes, before its last chunk",
+                    file.bytes()
+                ))
+            })?;
+            // Blocking file writes: a chunk is at most 1 MiB, and this keeps memory flat.
+            tokio::task::block_in_place(|| file.chunk(&chunk.data, chunk.crc32))
+                .map_err(storage)?;
+            if chunk.last {
+                break tokio::task::block_in_place(|| {
+                    file.finish(chunk.total_bytes, chunk.total_crc32)
+                })
+                .map_err(storage)?;
+            }
+        };
+        tracing::info!(
+            index,
+            term,
+            path = %path.display(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot received"
+        );
+        Ok(message)
     }
 }
 
@@ -42,9 +118,18 @@ fn decode(node: &Node, batch: &RaftBatch) -> Result<Vec<Message>, Status> {
         .collect()
 }
 
-/// Steps every batch of `batches` into the raft task until the sender closes the stream.
-async fn receive(node: &Node, mut batches: Streaming<RaftBatch>) -> Result<(), Status> {
+/// Steps every batch of `batches` into the raft task until the sender closes the stream. A
+/// member removed from the cluster is told so (it may have missed its own removal: the leader
+/// stops replicating to it as soon as the removal applies), and stops.
+async fn receive(
+    node: &Node,
+    membership: &Membership,
+    mut batches: Streaming<RaftBatch>,
+) -> Result<(), Status> {
     while let Some(batch) = batches.message().await? {
+        if membership.is_removed(batch.from) {
+            return Err(Status::failed_precondition(REMOVED));
+        }
         node.step(decode(node, &batch)?).await?;
     }
     Ok(())
@@ -56,15 +141,25 @@ type EndStream = Pin<Box<dyn Stream<Item = Result<StreamEnd, Status>> + Send + '
 impl RaftTransport for PeerService {
     type StreamStream = EndStream;
 
+    async fn snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SnapshotAck>, Status> {
+        let message = self.receive_snapshot(req.into_inner()).await?;
+        self.node.step(vec![message]).await?;
+        Ok(Response::new(SnapshotAck {}))
+    }
+
     async fn stream(
         &self,
         req: Request<Streaming<RaftBatch>>,
     ) -> Result<Response<EndStream>, Status> {
         let batches = req.into_inner();
         let node = self.node.clone();
+        let membership = self.membership.clone();
         let (ended, end) = oneshot::channel();
         tokio::spawn(async move {
-            let _ = ended.send(receive(&node, batches).await);
+            let _ = ended.send(receive(&node, &membership, batches).await);
         });
         // Answering at once sends the response headers: the sender knows the stream is open.
         let end = futures::stream::once(end).filter_map(|outcome| async move {

@@ -16,19 +16,28 @@ impl From<ServerError> for Status {
             | ServerError::TooManyOps
             | ServerError::DuplicateKey
             | ServerError::InvalidSortOption
-            | ServerError::RequestTooLarge => Code::InvalidArgument,
+            | ServerError::RequestTooLarge
+            | ServerError::MemberBadUrls => Code::InvalidArgument,
             ServerError::Compacted
             | ServerError::FutureRevision
             | ServerError::LeaseTtlTooLarge => Code::OutOfRange,
-            ServerError::NotLeader | ServerError::BadLeaderTransferee | ServerError::LeaseExist => {
-                Code::FailedPrecondition
-            }
+            ServerError::NotLeader
+            | ServerError::BadLeaderTransferee
+            | ServerError::LeaseExist
+            | ServerError::MemberExist
+            | ServerError::PeerUrlExist
+            | ServerError::MemberNotEnoughStarted
+            | ServerError::MemberNotLearner
+            | ServerError::LearnerNotReady
+            | ServerError::TooManyLearners
+            | ServerError::NotSupportedForLearner => Code::FailedPrecondition,
             ServerError::LeaseNotFound | ServerError::MemberNotFound => Code::NotFound,
             ServerError::NoLeader
             | ServerError::Timeout
             | ServerError::Stopped
             | ServerError::NotCapable
             | ServerError::LeaderTransferTimeout
+            | ServerError::Unhealthy
             | ServerError::Storage(_) => Code::Unavailable,
         };
         Status::new(code, e.to_string())
@@ -105,6 +114,36 @@ mod tests {
                 ServerError::RequestTooLarge,
                 Code::InvalidArgument,
                 "etcdserver: request is too large",
+            ),
+            (
+                ServerError::PeerUrlExist,
+                Code::FailedPrecondition,
+                "etcdserver: Peer URLs already exists",
+            ),
+            (
+                ServerError::MemberNotFound,
+                Code::NotFound,
+                "etcdserver: member not found",
+            ),
+            (
+                ServerError::LearnerNotReady,
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            (
+                ServerError::MemberNotEnoughStarted,
+                Code::FailedPrecondition,
+                "etcdserver: re-configuration failed due to not enough started members",
+            ),
+            (
+                ServerError::NotSupportedForLearner,
+                Code::FailedPrecondition,
+                "etcdserver: rpc not supported for learner",
+            ),
+            (
+                ServerError::MemberBadUrls,
+                Code::InvalidArgument,
+                "etcdserver: given member URLs are invalid",
             ),
         ];
         for (err, code, msg) in cases {

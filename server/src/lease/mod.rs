@@ -109,6 +109,32 @@ fn secs_until(expiry: Instant, now: Instant) -> i64 {
     left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0)
 }
 
+/// The stored leases, with the store's live keys attached.
+fn load_leases(db: &Database, store: &Store) -> StorageResult<HashMap<i64, Lease>> {
+    let mut leases = HashMap::new();
+    let txn = db.begin_read()?;
+    let table = txn.open_table(LEASES)?;
+    for row in table.iter()? {
+        let (id, v) = row?;
+        let (ttl, remaining) = v.value();
+        leases.insert(
+            id.value(),
+            Lease {
+                ttl,
+                remaining,
+                keys: BTreeSet::new(),
+                expiry: None,
+            },
+        );
+    }
+    for (lease, key) in store.leased_keys() {
+        if let Some(l) = leases.get_mut(&lease) {
+            l.keys.insert(key);
+        }
+    }
+    Ok(leases)
+}
+
 impl Lessor {
     /// An empty lessor (a new member, or tests).
     pub fn new(min_ttl: i64) -> Lessor {
@@ -122,30 +148,22 @@ impl Lessor {
     /// Loads the leases from the database and attaches the store's live keys to them.
     pub fn open(db: &Database, store: &Store, min_ttl: i64) -> StorageResult<Lessor> {
         let lessor = Lessor::new(min_ttl);
-        {
-            let mut inner = lessor.lock();
-            let txn = db.begin_read()?;
-            let table = txn.open_table(LEASES)?;
-            for row in table.iter()? {
-                let (id, v) = row?;
-                let (ttl, remaining) = v.value();
-                inner.leases.insert(
-                    id.value(),
-                    Lease {
-                        ttl,
-                        remaining,
-                        keys: BTreeSet::new(),
-                        expiry: None,
-                    },
-                );
-            }
-            for (lease, key) in store.leased_keys() {
-                if let Some(l) = inner.leases.get_mut(&lease) {
-                    l.keys.insert(key);
-                }
-            }
-        }
+        lessor.lock().leases = load_leases(db, store)?;
         Ok(lessor)
+    }
+
+    /// Reloads the leases after the database's lease table was replaced (a snapshot was
+    /// installed; the store must be reloaded first). Expiry times are the primary's, and a member
+    /// that installs a snapshot is not the leader: they are set again when it becomes one.
+    pub fn reload(&self, db: &Database, store: &Store) -> StorageResult<()> {
+        let leases = load_leases(db, store)?;
+        let mut inner = self.lock();
+        inner.leases = leases;
+        inner.revoking.clear();
+        inner.checkpointing.clear();
+        drop(inner);
+        self.changed.notify_waiters();
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

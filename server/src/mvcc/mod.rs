@@ -199,44 +199,61 @@ fn check_revision(index: &Index, newest: i64, requested: i64) -> MvccResult<i64>
     Ok(requested)
 }
 
+/// Reads the MVCC table into a fresh index.
+fn load_index(db: &Database) -> MvccResult<Index> {
+    let txn = db.begin_read()?;
+    let compacted = txn
+        .open_table(META)?
+        .get(META_COMPACTED_REV)?
+        .map(|v| v.value() as i64)
+        .unwrap_or(0);
+    let mut keys: BTreeMap<Vec<u8>, KeyHistory> = BTreeMap::new();
+    let mut current = INITIAL_REVISION.max(compacted);
+    let table = txn.open_table(MVCC)?;
+    for row in table.iter()? {
+        let (k, v) = row?;
+        let (main, sub) = k.value();
+        let rev = Revision::new(main as i64, sub as i64);
+        let (kind, kv) = decode_row(v.value())?;
+        let history = keys.entry(kv.key).or_default();
+        if kind == KIND_TOMBSTONE {
+            history.tombstone(rev);
+            history.lease = 0;
+        } else {
+            history.put(rev);
+            history.lease = kv.lease;
+        }
+        current = current.max(rev.main);
+    }
+    drop(table);
+    drop(txn);
+    Ok(Index {
+        keys,
+        current,
+        compacted,
+    })
+}
+
 impl Store {
     /// Loads the store from the database, rebuilding the in-memory index from the MVCC table.
     pub fn open(db: Arc<Database>) -> MvccResult<Store> {
-        let txn = db.begin_read()?;
-        let compacted = txn
-            .open_table(META)?
-            .get(META_COMPACTED_REV)?
-            .map(|v| v.value() as i64)
-            .unwrap_or(0);
-        let mut keys: BTreeMap<Vec<u8>, KeyHistory> = BTreeMap::new();
-        let mut current = INITIAL_REVISION.max(compacted);
-        let table = txn.open_table(MVCC)?;
-        for row in table.iter()? {
-            let (k, v) = row?;
-            let (main, sub) = k.value();
-            let rev = Revision::new(main as i64, sub as i64);
-            let (kind, kv) = decode_row(v.value())?;
-            let history = keys.entry(kv.key).or_default();
-            if kind == KIND_TOMBSTONE {
-                history.tombstone(rev);
-                history.lease = 0;
-            } else {
-                history.put(rev);
-                history.lease = kv.lease;
-            }
-            current = current.max(rev.main);
-        }
-        drop(table);
-        drop(txn);
+        let index = load_index(&db)?;
+        let current = index.current;
         Ok(Store {
             db,
-            index: RwLock::new(Index {
-                keys,
-                current,
-                compacted,
-            }),
+            index: RwLock::new(index),
             published: AtomicI64::new(current),
         })
+    }
+
+    /// Rebuilds the index after the database's MVCC table was replaced (a snapshot was installed)
+    /// and publishes its newest revision.
+    pub fn reload(&self) -> MvccResult<()> {
+        let index = load_index(&self.db)?;
+        let current = index.current;
+        *self.write_index() = index;
+        self.published.store(current, Ordering::Release);
+        Ok(())
     }
 
     fn read_index(&self) -> RwLockReadGuard<'_, Index> {

@@ -4,8 +4,14 @@
 //! only then send `persisted_messages()`, apply the committed entries (on this task: see
 //! [`crate::apply`]), advance, and handle the `LightReady` the same way. It knows nothing of keys and values: commands are opaque bytes.
 //!
-//! [`Node`] is the handle the API uses: `propose` (waits for the applied result) and `read_barrier`
-//! (linearizable reads through batched ReadIndex).
+//! A snapshot in a Ready (a member far behind, or new) was received into a file by the peer
+//! service; it is installed first ([`Applier::restore`]). Committed conf changes go to raft-rs as
+//! apply meets them; afterwards the transport follows the member table, and a member that finds
+//! itself removed stops.
+//!
+//! [`Node`] is the handle the API uses: `propose` (waits for the applied result), `propose_change`
+//! (membership), `read_barrier` (linearizable reads through batched ReadIndex) and `progress`
+//! (the leader's view of its followers).
 
 mod logger;
 pub mod proposal;
@@ -13,28 +19,29 @@ pub mod read_index;
 pub mod transport;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use conclave_proto::conclave::internal::v1::{RaftCommand, raft_command::Op};
 use prost::Message as _;
-use raft::prelude::{ConfState, Message};
+use raft::prelude::{ConfChange, ConfState, Message};
 use raft::{RawNode, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::apply::{Applier, ApplyOutcome};
 use crate::error::ServerError;
-use crate::storage::StorageError;
+use crate::membership::{self, Change};
 use crate::storage::raft_log::RaftLog;
+use crate::storage::{StorageError, snapshot};
 use proposal::Waiters;
 use read_index::{ReadIndexBatch, ReadWaiter};
-use transport::Transport;
+use transport::{PeerReport, Transport};
 
-/// Log entries kept behind the applied index, so a briefly lagging follower catches up from the log.
-pub const LOG_RETENTION: u64 = 10_000;
-/// Truncate the log in steps of this many entries (one durable delete per step).
-const TRUNCATE_STEP: u64 = 1_000;
+/// A leader keeps up to this many times the retention for a follower that is behind but still
+/// replicating, rather than make it fetch a snapshot.
+const SLOW_FOLLOWER_ALLOWANCE: u64 = 10;
 /// Most proposals taken from the queue before handling a Ready.
 const MAX_PROPOSALS_PER_READY: usize = 1024;
 
@@ -57,11 +64,29 @@ pub struct RaftStatus {
     pub is_leader: bool,
 }
 
-struct Proposal {
-    data: Vec<u8>,
-    request_id: u64,
-    /// Non-zero: append only while leading in this term (see [`Node::propose_as_leader`]).
-    leader_term: u64,
+enum Proposal {
+    Command {
+        data: Vec<u8>,
+        request_id: u64,
+        /// Non-zero: append only while leading in this term (see [`Node::propose_as_leader`]).
+        leader_term: u64,
+    },
+    ConfChange {
+        cc: ConfChange,
+        request_id: u64,
+    },
+}
+
+/// The leader's view of replication, for membership decisions.
+#[derive(Debug, Clone, Default)]
+pub struct LeaderProgress {
+    /// The leader's last log index.
+    pub last_index: u64,
+    /// Per member (the leader included): highest index known to be replicated there.
+    pub matched: HashMap<u64, u64>,
+    /// Members heard from within the last election timeout (the leader counts itself).
+    pub active: HashMap<u64, bool>,
+    pub voters: Vec<u64>,
 }
 
 /// The API's handle on this member's raft node.
@@ -72,6 +97,7 @@ pub struct Node {
     reads: mpsc::Sender<ReadWaiter>,
     peer_messages: mpsc::Sender<Message>,
     transfers: mpsc::Sender<u64>,
+    progress: mpsc::Sender<oneshot::Sender<Option<LeaderProgress>>>,
     waiters: Arc<Waiters>,
     status: watch::Receiver<RaftStatus>,
     leading: watch::Receiver<Option<u64>>,
@@ -140,7 +166,7 @@ impl Node {
             let waiter = self.waiters.register(request_id);
             if self
                 .proposals
-                .send(Proposal {
+                .send(Proposal::Command {
                     data,
                     request_id,
                     leader_term,
@@ -169,6 +195,52 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Proposes a membership change and waits until it is applied here. A peer URL update is an
+    /// ordinary command; the others are raft conf changes, one at a time (another one not yet
+    /// applied answers `Unhealthy`).
+    pub async fn propose_change(&self, change: Change, max_bytes: usize) -> ApplyOutcome {
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let Some(cc) = membership::conf_change(&change, self.member_id, request_id) else {
+            let Change::Update { id, peer_urls } = change else {
+                return Err(ServerError::NotCapable);
+            };
+            let record = conclave_proto::conclave::internal::v1::MemberRecord {
+                id,
+                peer_urls,
+                ..Default::default()
+            };
+            return self.propose(Op::MemberUpdate(record), max_bytes).await;
+        };
+        let waiter = self.waiters.register(request_id);
+        if self
+            .proposals
+            .send(Proposal::ConfChange { cc, request_id })
+            .await
+            .is_err()
+        {
+            self.waiters.cancel(request_id);
+            return Err(ServerError::Stopped);
+        }
+        match tokio::time::timeout(self.request_timeout, waiter).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => {
+                self.waiters.cancel(request_id);
+                Err(ServerError::Timeout)
+            }
+        }
+    }
+
+    /// The leader's view of its followers; `None` on a member that does not lead.
+    pub async fn progress(&self) -> Result<Option<LeaderProgress>, ServerError> {
+        let (tx, rx) = oneshot::channel();
+        self.progress
+            .send(tx)
+            .await
+            .map_err(|_| ServerError::Stopped)?;
+        rx.await.map_err(|_| ServerError::Stopped)
     }
 
     /// Moves leadership to `target` (a voting member) and waits until it leads. Only the leader
@@ -235,9 +307,13 @@ pub struct NodeParts {
     pub peers: HashMap<u64, String>,
     pub timing: RaftTiming,
     pub applied_index: u64,
+    /// Log entries kept behind the applied index (`--experimental-snapshot-catchup-entries`).
+    pub log_retention: u64,
     pub request_timeout: Duration,
     pub waiters: Arc<Waiters>,
     pub applied: watch::Receiver<u64>,
+    /// Where received snapshots wait to be installed.
+    pub snapshot_dir: PathBuf,
 }
 
 /// Errors that stop the raft task (and the member).
@@ -247,8 +323,8 @@ pub enum NodeError {
     Raft(#[from] raft::Error),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("raft: {0}")]
-    Unsupported(&'static str),
+    #[error("the member has been permanently removed from the cluster")]
+    Removed,
 }
 
 /// Creates the raft node and returns the handle plus the task to run (on a dedicated thread: it
@@ -257,7 +333,9 @@ pub fn create(
     parts: NodeParts,
     runtime: &tokio::runtime::Handle,
 ) -> Result<(Arc<Node>, Driver), NodeError> {
-    if !parts.log.is_initialized() {
+    // A member of a new cluster stores the initial voters; one joining a running cluster starts
+    // with none and learns the configuration from the snapshot the leader sends.
+    if !parts.log.is_initialized() && !parts.voters.is_empty() {
         parts
             .log
             .bootstrap(ConfState::from((parts.voters.clone(), vec![])))?;
@@ -283,17 +361,19 @@ pub fn create(
     let (proposals_tx, proposals_rx) = mpsc::channel(4096);
     let (reads_tx, reads_rx) = mpsc::channel(4096);
     let (peer_tx, peer_rx) = mpsc::channel(4096);
-    let (unreachable_tx, unreachable_rx) = mpsc::channel(64);
+    let (reports_tx, reports_rx) = mpsc::channel(64);
     let (transfers_tx, transfers_rx) = mpsc::channel(8);
+    let (progress_tx, progress_rx) = mpsc::channel(8);
     let (status_tx, status_rx) = watch::channel(RaftStatus::default());
     let (leading_tx, leading_rx) = watch::channel(None);
-    let transport = Transport::start(
-        runtime,
+    let mut transport = Transport::new(
+        runtime.clone(),
         parts.cluster_id,
         parts.member_id,
-        parts.peers,
-        unreachable_tx,
+        parts.log.snapshots(),
+        reports_tx,
     );
+    transport.set_peers(parts.peers);
     let node = Arc::new(Node {
         member_id: parts.member_id,
         cluster_id: parts.cluster_id,
@@ -301,6 +381,7 @@ pub fn create(
         reads: reads_tx,
         peer_messages: peer_tx,
         transfers: transfers_tx,
+        progress: progress_tx,
         waiters: parts.waiters.clone(),
         status: status_rx,
         leading: leading_rx,
@@ -316,9 +397,12 @@ pub fn create(
         proposals: proposals_rx,
         reads: reads_rx,
         peer_messages: peer_rx,
-        unreachable: unreachable_rx,
+        reports: reports_rx,
         transfers: transfers_rx,
+        progress: progress_rx,
         transport,
+        snapshot_dir: parts.snapshot_dir,
+        log_retention: parts.log_retention,
         waiters: parts.waiters,
         status: status_tx,
         leading: leading_tx,
@@ -336,9 +420,12 @@ pub struct Driver {
     proposals: mpsc::Receiver<Proposal>,
     reads: mpsc::Receiver<ReadWaiter>,
     peer_messages: mpsc::Receiver<Message>,
-    unreachable: mpsc::Receiver<u64>,
+    reports: mpsc::Receiver<PeerReport>,
     transfers: mpsc::Receiver<u64>,
+    progress: mpsc::Receiver<oneshot::Sender<Option<LeaderProgress>>>,
     transport: Transport,
+    snapshot_dir: PathBuf,
+    log_retention: u64,
     waiters: Arc<Waiters>,
     status: watch::Sender<RaftStatus>,
     leading: watch::Sender<Option<u64>>,
@@ -390,8 +477,22 @@ impl Driver {
                         }
                     }
                 }
-                Some(peer) = self.unreachable.recv() => self.raw.report_unreachable(peer),
+                Some(report) = self.reports.recv() => match report {
+                    PeerReport::Unreachable(peer) => self.raw.report_unreachable(peer),
+                    PeerReport::Removed => return Err(NodeError::Removed),
+                    PeerReport::Snapshot { to, sent } => {
+                        let status = if sent {
+                            raft::SnapshotStatus::Finish
+                        } else {
+                            raft::SnapshotStatus::Failure
+                        };
+                        self.raw.report_snapshot(to, status);
+                    }
+                },
                 Some(target) = self.transfers.recv() => self.raw.transfer_leader(target),
+                Some(reply) = self.progress.recv() => {
+                    let _ = reply.send(self.leader_progress());
+                }
                 _ = shutdown.changed() => return Ok(()),
             }
             self.on_ready(&applier)?;
@@ -401,20 +502,54 @@ impl Driver {
 
     fn propose(&mut self, p: Proposal) {
         let raft = &self.raw.raft;
-        if p.leader_term != 0 && (raft.state != StateRole::Leader || raft.term != p.leader_term) {
-            self.waiters.fire(p.request_id, Err(ServerError::NotLeader));
-            return;
-        }
-        if let Err(e) = self.raw.propose(vec![], p.data) {
-            let outcome = match e {
-                raft::Error::ProposalDropped => Err(ServerError::NoLeader),
-                other => {
-                    tracing::warn!(error = %other, "proposal refused by raft");
-                    Err(ServerError::NoLeader)
+        let (request_id, result) = match p {
+            Proposal::Command {
+                data,
+                request_id,
+                leader_term,
+            } => {
+                if leader_term != 0 && (raft.state != StateRole::Leader || raft.term != leader_term)
+                {
+                    self.waiters.fire(request_id, Err(ServerError::NotLeader));
+                    return;
                 }
-            };
-            self.waiters.fire(p.request_id, outcome);
+                (request_id, self.raw.propose(vec![], data))
+            }
+            Proposal::ConfChange { cc, request_id } => {
+                // raft-rs would silently turn a second pending change into an empty entry.
+                if raft.state == StateRole::Leader && raft.has_pending_conf() {
+                    self.waiters.fire(request_id, Err(ServerError::Unhealthy));
+                    return;
+                }
+                (request_id, self.raw.propose_conf_change(vec![], cc))
+            }
+        };
+        if let Err(e) = result {
+            if !matches!(e, raft::Error::ProposalDropped) {
+                tracing::warn!(error = %e, "proposal refused by raft");
+            }
+            self.waiters.fire(request_id, Err(ServerError::NoLeader));
         }
+    }
+
+    fn leader_progress(&self) -> Option<LeaderProgress> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return None;
+        }
+        let mut view = LeaderProgress {
+            last_index: raft.raft_log.last_index(),
+            voters: raft.prs().conf().voters().ids().iter().collect(),
+            ..Default::default()
+        };
+        for (id, pr) in raft.prs().iter() {
+            let me = *id == raft.id;
+            view.matched
+                .insert(*id, if me { view.last_index } else { pr.matched });
+            view.active.insert(*id, me || pr.recent_active);
+        }
+        view.voters.sort_unstable();
+        Some(view)
     }
 
     fn step(&mut self, m: Message) {
@@ -429,10 +564,12 @@ impl Driver {
         }
         let mut ready = self.raw.ready();
         self.transport.send(ready.take_messages());
+        let mut members_changed = false;
         if !ready.snapshot().is_empty() {
-            return Err(NodeError::Unsupported(
-                "received a snapshot, but snapshot install is not supported by this version",
-            ));
+            let meta = ready.snapshot().get_metadata();
+            let path = snapshot::file_path(&self.snapshot_dir, meta.term, meta.index);
+            applier.restore(meta, &path)?;
+            members_changed = true;
         }
         let committed = ready.take_committed_entries();
         self.log.append(ready.entries(), ready.hs())?;
@@ -448,18 +585,40 @@ impl Driver {
             })
             .collect();
         self.transport.send(ready.take_persisted_messages());
-        applier.apply(&committed)?;
+        let raw = &mut self.raw;
+        members_changed |= applier.apply(&committed, &mut |cc| raw.apply_conf_change(cc))?;
         let mut light = self.raw.advance_append(ready);
         if let Some(commit) = light.commit_index() {
             self.log.set_commit(commit);
         }
         self.transport.send(light.take_messages());
-        applier.apply(&light.take_committed_entries())?;
+        let committed = light.take_committed_entries();
+        let raw = &mut self.raw;
+        members_changed |= applier.apply(&committed, &mut |cc| raw.apply_conf_change(cc))?;
         self.raw.advance_apply();
         for ctx in next_rounds {
             self.raw.read_index(ctx);
         }
         self.publish_status();
+        if members_changed {
+            self.follow_members(applier)?;
+        }
+        Ok(())
+    }
+
+    /// After the member table changed: stop if this member was removed, otherwise point the
+    /// transport at the members as they are now.
+    fn follow_members(&mut self, applier: &Applier) -> Result<(), NodeError> {
+        let members = applier.membership.list();
+        if !members.iter().any(|m| m.id == self.raw.raft.id) {
+            return Err(NodeError::Removed);
+        }
+        self.transport.set_peers(
+            members
+                .into_iter()
+                .filter_map(|m| m.peer_urls.first().map(|u| (m.id, u.clone())))
+                .collect(),
+        );
         Ok(())
     }
 
@@ -489,11 +648,12 @@ impl Driver {
     }
 
     /// Drops log entries far enough behind the applied index. A leader also keeps what its
-    /// followers still need, unless they are hopelessly far behind (they will need a snapshot).
+    /// followers still need, unless they are far behind (they get a snapshot instead).
     fn maybe_truncate_log(&mut self) -> Result<(), NodeError> {
         let applied = *self.applied.borrow();
         let first = self.log.first_index();
-        let mut target = applied.saturating_sub(LOG_RETENTION);
+        let retention = self.log_retention;
+        let mut target = applied.saturating_sub(retention);
         if self.raw.raft.state == StateRole::Leader {
             let slowest = self
                 .raw
@@ -503,9 +663,11 @@ impl Driver {
                 .map(|(_, p)| p.matched + 1)
                 .min()
                 .unwrap_or(target);
-            target = target.min(slowest.max(applied.saturating_sub(50 * LOG_RETENTION)));
+            let allowance = SLOW_FOLLOWER_ALLOWANCE * retention;
+            target = target.min(slowest.max(applied.saturating_sub(allowance)));
         }
-        if target >= first + TRUNCATE_STEP {
+        // In steps of a tenth of the retention: one durable delete per step.
+        if target >= first + (retention / 10).max(1) {
             self.log.truncate_prefix(target)?;
         }
         Ok(())

@@ -3,16 +3,24 @@
 //! message goes out as soon as it is queued), and a message that does not fit is dropped — raft tolerates lost
 //! messages (it retries appends and heartbeats), but it must never stall waiting for a slow peer.
 //! A failed delivery is reported so raft-rs can slow down its probes to that peer.
+//!
+//! A snapshot message is not queued: it gets its own task and its own connection (a large
+//! transfer must not hold up heartbeats), which streams the parked read transaction in checked
+//! chunks (see [`crate::storage::snapshot`]) and reports the outcome to raft-rs. The set of peers
+//! follows the member table ([`Transport::set_peers`]).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use conclave_proto::conclave::peer::v1::raft_transport_client::RaftTransportClient;
-use conclave_proto::conclave::peer::v1::{RaftBatch, StreamEnd};
+use conclave_proto::conclave::peer::v1::{RaftBatch, SnapshotChunk, StreamEnd};
 use protobuf::Message as _;
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
+
+use crate::storage::snapshot::{self, CHUNK_BYTES, Registry};
 
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE: usize = 4096;
@@ -26,45 +34,235 @@ const STREAM_BUFFER: usize = 64;
 /// Pause after a failed delivery before trying again.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
+/// What a member answers a removed member's messages with.
+pub const REMOVED: &str = "conclave: the member has been permanently removed from the cluster";
+
+/// What the transport tells the raft task about a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerReport {
+    /// A delivery failed.
+    Unreachable(u64),
+    /// A peer refused our messages because this member was removed from the cluster.
+    Removed,
+    /// A snapshot transfer ended, successfully or not.
+    Snapshot { to: u64, sent: bool },
+}
+
+struct Peer {
+    url: String,
+    queue: mpsc::Sender<Message>,
+}
+
 /// Outgoing raft messages of one member.
 pub struct Transport {
-    peers: HashMap<u64, mpsc::Sender<Message>>,
+    runtime: tokio::runtime::Handle,
+    cluster_id: u64,
+    from: u64,
+    peers: HashMap<u64, Peer>,
+    snapshots: Arc<Registry>,
+    reports: mpsc::Sender<PeerReport>,
 }
 
 impl Transport {
-    /// Starts one sender task per peer on `runtime`. `peers` maps member id to its peer URL.
-    /// Failed deliveries are reported on `unreachable`.
-    pub fn start(
-        runtime: &tokio::runtime::Handle,
+    /// A transport with no peers yet; tasks run on `runtime`, snapshots come from `snapshots`,
+    /// and failed deliveries and snapshot outcomes are reported on `reports`.
+    pub fn new(
+        runtime: tokio::runtime::Handle,
         cluster_id: u64,
         from: u64,
-        peers: HashMap<u64, String>,
-        unreachable: mpsc::Sender<u64>,
+        snapshots: Arc<Registry>,
+        reports: mpsc::Sender<PeerReport>,
     ) -> Transport {
-        let mut queues = HashMap::new();
+        Transport {
+            runtime,
+            cluster_id,
+            from,
+            peers: HashMap::new(),
+            snapshots,
+            reports,
+        }
+    }
+
+    /// Makes the peers exactly `peers` (member id to peer URL): starts a sender task for each
+    /// new one (or one whose URL changed) and stops those of members that are gone.
+    pub fn set_peers(&mut self, peers: HashMap<u64, String>) {
+        self.peers
+            .retain(|id, p| peers.get(id).is_some_and(|url| *url == p.url));
         for (id, url) in peers {
-            if id == from {
+            if id == self.from || self.peers.contains_key(&id) {
                 continue;
             }
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            runtime.spawn(deliver(cluster_id, from, id, url, rx, unreachable.clone()));
-            queues.insert(id, tx);
+            let (queue, rx) = mpsc::channel(PEER_QUEUE);
+            self.runtime.spawn(deliver(
+                self.cluster_id,
+                self.from,
+                id,
+                url.clone(),
+                rx,
+                self.reports.clone(),
+            ));
+            self.peers.insert(id, Peer { url, queue });
         }
-        Transport { peers: queues }
     }
 
     /// Queues messages for their receivers; drops what does not fit.
     pub fn send(&self, messages: Vec<Message>) {
         for m in messages {
-            match self.peers.get(&m.to) {
-                Some(queue) => {
-                    if queue.try_send(m).is_err() {
-                        tracing::debug!("peer queue full; dropping a raft message");
-                    }
-                }
-                None => tracing::warn!(to = m.to, "raft message for an unknown member"),
+            let Some(peer) = self.peers.get(&m.to) else {
+                tracing::debug!(to = m.to, "raft message for a member not in the table");
+                continue;
+            };
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                let txn = self.snapshots.take(&m.get_snapshot().data);
+                self.runtime.spawn(send_snapshot(
+                    self.cluster_id,
+                    peer.url.clone(),
+                    m,
+                    txn,
+                    self.reports.clone(),
+                ));
+                continue;
+            }
+            if peer.queue.try_send(m).is_err() {
+                tracing::debug!("peer queue full; dropping a raft message");
             }
         }
+    }
+}
+
+/// Streams one snapshot to its receiver and reports the outcome to raft-rs.
+async fn send_snapshot(
+    cluster_id: u64,
+    url: String,
+    message: Message,
+    txn: Option<redb::ReadTransaction>,
+    reports: mpsc::Sender<PeerReport>,
+) {
+    let to = message.to;
+    let meta = message.get_snapshot().get_metadata().clone();
+    let started = Instant::now();
+    tracing::info!(
+        peer = format!("{to:x}"),
+        index = meta.index,
+        term = meta.term,
+        "sending snapshot"
+    );
+    let outcome = match txn {
+        Some(txn) => stream_snapshot(cluster_id, &url, &message, txn).await,
+        None => Err("the snapshot is no longer parked".to_string()),
+    };
+    match &outcome {
+        Ok(bytes) => tracing::info!(
+            peer = format!("{to:x}"),
+            index = meta.index,
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot sent"
+        ),
+        Err(why) => {
+            tracing::warn!(peer = format!("{to:x}"), index = meta.index, %why, "snapshot not sent")
+        }
+    }
+    let _ = reports
+        .send(PeerReport::Snapshot {
+            to,
+            sent: outcome.is_ok(),
+        })
+        .await;
+}
+
+/// Sends the header chunk, then the rows of `txn` in chunks produced on a blocking thread while
+/// the stream sends them (at most a few chunks in memory). Returns the bytes sent.
+async fn stream_snapshot(
+    cluster_id: u64,
+    url: &str,
+    message: &Message,
+    txn: redb::ReadTransaction,
+) -> Result<u64, String> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let mut header = message.clone();
+    header.mut_snapshot().data = Default::default();
+    let (chunks, outgoing) = mpsc::channel(4);
+    let first = SnapshotChunk {
+        cluster_id,
+        message: header.write_to_bytes().map_err(|e| e.to_string())?,
+        ..Default::default()
+    };
+    chunks.send(first).await.map_err(|e| e.to_string())?;
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter {
+            chunks,
+            buf: Vec::with_capacity(CHUNK_BYTES),
+            hasher: crc32fast::Hasher::new(),
+            total: 0,
+        };
+        snapshot::write_rows(&txn, &mut out).map_err(|e| e.to_string())?;
+        out.finish()
+    });
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let mut client = RaftTransportClient::new(channel).max_encoding_message_size(usize::MAX);
+    let sent = client
+        .snapshot(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await;
+    let produced = producer.await.map_err(|e| e.to_string())?;
+    sent.map_err(|s| s.message().to_string())?;
+    produced
+}
+
+/// Cuts the snapshot byte stream into checked chunks and hands them to the sending stream.
+struct ChunkWriter {
+    chunks: mpsc::Sender<SnapshotChunk>,
+    buf: Vec<u8>,
+    hasher: crc32fast::Hasher,
+    total: u64,
+}
+
+impl ChunkWriter {
+    fn ship(&mut self, last: bool) -> std::io::Result<()> {
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES));
+        self.hasher.update(&data);
+        self.total += data.len() as u64;
+        let chunk = SnapshotChunk {
+            crc32: crc32fast::hash(&data),
+            data,
+            last,
+            total_bytes: if last { self.total } else { 0 },
+            total_crc32: if last {
+                self.hasher.clone().finalize()
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        self.chunks
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::other("the receiver stopped reading"))
+    }
+
+    fn finish(mut self) -> Result<u64, String> {
+        self.ship(true).map_err(|e| e.to_string())?;
+        Ok(self.total)
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = CHUNK_BYTES - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK_BYTES {
+            self.ship(false)?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -105,7 +303,7 @@ async fn deliver(
     to: u64,
     url: String,
     mut queue: mpsc::Receiver<Message>,
-    unreachable: mpsc::Sender<u64>,
+    reports: mpsc::Sender<PeerReport>,
 ) {
     let endpoint = match Endpoint::from_shared(url.clone()) {
         Ok(e) => e
@@ -151,11 +349,19 @@ async fn deliver(
         let Some(why) = why else {
             return;
         };
+        if why == REMOVED {
+            tracing::warn!(
+                peer = format!("{to:x}"),
+                "the peer says this member was removed"
+            );
+            let _ = reports.send(PeerReport::Removed).await;
+            return;
+        }
         if !reported {
             tracing::warn!(peer = format!("{to:x}"), %why, "cannot reach peer");
             reported = true;
         }
-        let _ = unreachable.try_send(to);
+        let _ = reports.try_send(PeerReport::Unreachable(to));
         tokio::time::sleep(RETRY_PAUSE).await;
     }
 }

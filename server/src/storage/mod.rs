@@ -4,6 +4,7 @@
 
 mod error;
 pub mod raft_log;
+pub mod snapshot;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +21,8 @@ pub const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_
 pub const MVCC: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("mvcc");
 /// Member table: member id -> encoded `MemberRecord`.
 pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+/// Ids of members removed from the cluster (their messages are refused, so they learn it).
+pub const REMOVED_MEMBERS: TableDefinition<u64, ()> = TableDefinition::new("removed_members");
 /// Leases: id -> (granted TTL, checkpointed remaining TTL; 0 = none), both in seconds.
 pub const LEASES: TableDefinition<i64, (i64, i64)> = TableDefinition::new("leases");
 /// Small counters: schema version, applied index, compacted revision, identity.
@@ -50,6 +53,7 @@ pub fn open(data_dir: &Path) -> StorageResult<Arc<Database>> {
         txn.open_table(RAFT_STATE)?;
         txn.open_table(MVCC)?;
         txn.open_table(MEMBERS)?;
+        txn.open_table(REMOVED_MEMBERS)?;
         txn.open_table(LEASES)?;
         let mut meta = txn.open_table(META)?;
         let found = meta.get(META_SCHEMA)?.map(|v| v.value());

@@ -8,10 +8,11 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 
+use super::snapshot::Registry;
 use super::{META, META_APPLIED_INDEX, RAFT_LOG, RAFT_STATE, StorageError, StorageResult};
 
 const KEY_HARD_STATE: &str = "hard_state";
@@ -28,6 +29,7 @@ const TAIL_CACHE_ENTRIES: usize = 4096;
 pub struct RaftLog {
     db: Arc<Database>,
     inner: Arc<Mutex<Inner>>,
+    snapshots: Arc<Registry>,
 }
 
 struct Inner {
@@ -120,7 +122,13 @@ impl RaftLog {
                 last_index,
                 tail,
             })),
+            snapshots: Arc::new(Registry::default()),
         })
+    }
+
+    /// Snapshots built for raft and waiting for the transport to stream them.
+    pub fn snapshots(&self) -> Arc<Registry> {
+        self.snapshots.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -133,13 +141,76 @@ impl RaftLog {
         self.lock().conf_state != ConfState::default()
     }
 
-    /// Stores the initial voters of a new cluster.
+    /// Stores the initial voters of a new cluster, as if a snapshot at index 1, term 1 had been
+    /// installed (as every bootstrapping member does the same, they agree). The log then starts
+    /// at index 2, so a member added later can never be caught up from index 1 by log entries,
+    /// which do not hold the initial configuration: it always receives a snapshot, which does.
     pub fn bootstrap(&self, conf_state: ConfState) -> StorageResult<()> {
+        let hard_state = HardState {
+            term: 1,
+            commit: 1,
+            ..Default::default()
+        };
         let txn = self.db.begin_write()?;
-        txn.open_table(RAFT_STATE)?
-            .insert(KEY_CONF_STATE, encode(&conf_state)?.as_slice())?;
+        {
+            let mut state = txn.open_table(RAFT_STATE)?;
+            state.insert(KEY_CONF_STATE, encode(&conf_state)?.as_slice())?;
+            state.insert(KEY_HARD_STATE, encode(&hard_state)?.as_slice())?;
+            state.insert(KEY_TRUNCATED, encode_pair(1, 1).as_slice())?;
+            txn.open_table(META)?.insert(META_APPLIED_INDEX, 1)?;
+        }
         txn.commit()?;
-        self.lock().conf_state = conf_state;
+        let mut inner = self.lock();
+        inner.conf_state = conf_state;
+        inner.hard_state = hard_state;
+        inner.truncated_index = 1;
+        inner.truncated_term = 1;
+        inner.last_index = 1;
+        inner.tail.clear();
+        Ok(())
+    }
+
+    /// Records the configuration that applying a conf change produced, inside apply's
+    /// transaction `txn` (so it always matches the applied index).
+    pub fn stage_conf_state(&self, txn: &WriteTransaction, cs: &ConfState) -> StorageResult<()> {
+        txn.open_table(RAFT_STATE)?
+            .insert(KEY_CONF_STATE, encode(cs)?.as_slice())?;
+        self.lock().conf_state = cs.clone();
+        Ok(())
+    }
+
+    /// Installs a snapshot: in ONE durable transaction, `fill` replaces the state machine's
+    /// tables, the log is emptied (it restarts after the snapshot), and the conf state, hard state
+    /// and applied index move to the snapshot's. A failure leaves the old state intact.
+    pub fn install_snapshot(
+        &self,
+        meta: &SnapshotMetadata,
+        fill: impl FnOnce(&WriteTransaction) -> StorageResult<()>,
+    ) -> StorageResult<()> {
+        let mut inner = self.lock();
+        let mut hard_state = inner.hard_state.clone();
+        hard_state.term = hard_state.term.max(meta.term);
+        hard_state.commit = hard_state.commit.max(meta.index);
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        fill(&txn)?;
+        {
+            txn.delete_table(RAFT_LOG)?;
+            txn.open_table(RAFT_LOG)?;
+            let mut state = txn.open_table(RAFT_STATE)?;
+            state.insert(KEY_CONF_STATE, encode(meta.get_conf_state())?.as_slice())?;
+            state.insert(KEY_HARD_STATE, encode(&hard_state)?.as_slice())?;
+            state.insert(KEY_TRUNCATED, encode_pair(meta.index, meta.term).as_slice())?;
+            txn.open_table(META)?
+                .insert(META_APPLIED_INDEX, meta.index)?;
+        }
+        txn.commit()?;
+        inner.conf_state = meta.get_conf_state().clone();
+        inner.hard_state = hard_state;
+        inner.truncated_index = meta.index;
+        inner.truncated_term = meta.term;
+        inner.last_index = meta.index;
+        inner.tail.clear();
         Ok(())
     }
 
@@ -359,12 +430,41 @@ impl raft::Storage for RaftLog {
         Ok(self.lock().last_index)
     }
 
+    /// The state as of the applied index, as one read transaction parked for the transport (see
+    /// [`crate::storage::snapshot`]); the snapshot's `data` is only its handle.
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Members that fall behind the truncation point are caught up by snapshot transfer, which is
-        // not built yet; until then raft-rs retries, and the log keeps a long tail (see node::LOG_RETENTION).
-        Err(raft::Error::Store(
-            raft::StorageError::SnapshotTemporarilyUnavailable,
-        ))
+        let build = || -> StorageResult<Option<Snapshot>> {
+            let txn = self.db.begin_read()?;
+            let applied = txn
+                .open_table(META)?
+                .get(META_APPLIED_INDEX)?
+                .map_or(0, |v| v.value());
+            let conf_state: ConfState = match txn.open_table(RAFT_STATE)?.get(KEY_CONF_STATE)? {
+                Some(v) => decode(v.value())?,
+                None => return Ok(None),
+            };
+            if applied == 0 {
+                return Ok(None);
+            }
+            let term = {
+                let inner = self.lock();
+                term_of(&inner, &self.db, applied)?
+            };
+            let mut snap = Snapshot::default();
+            let meta = snap.mut_metadata();
+            meta.index = applied;
+            meta.term = term;
+            meta.set_conf_state(conf_state);
+            snap.data = self.snapshots.park(txn).into();
+            Ok(Some(snap))
+        };
+        match build() {
+            Ok(Some(snap)) => Ok(snap),
+            Ok(None) => Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            )),
+            Err(e) => Err(store_err(e)),
+        }
     }
 }
 

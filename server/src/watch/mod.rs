@@ -332,6 +332,27 @@ impl WatchHub {
         }
     }
 
+    /// Called after a snapshot replaced the store: makes `revision` visible and moves every
+    /// synced watch to catching up from history, from the first revision it has not received (the
+    /// store's history, now the snapshot's, holds what happened in between).
+    pub fn restored(&self, store: &Store, revision: i64) {
+        let mut inner = self.lock();
+        let delivered = inner.revision;
+        store.publish(revision);
+        inner.revision = revision;
+        for s in inner.streams.values_mut() {
+            for w in s.watchers.values_mut() {
+                if let Position::Synced { from } = w.position {
+                    w.position = Position::Lagging {
+                        next: from.max(delivered + 1),
+                    };
+                }
+            }
+        }
+        drop(inner);
+        self.lagging.notify_one();
+    }
+
     /// Called by apply after committing: makes `revision` visible to readers and delivers the
     /// events of the committed requests, given as (revision, events) in order. Never blocks.
     pub fn publish(&self, store: &Store, revision: i64, changes: &[(i64, Vec<Event>)]) {

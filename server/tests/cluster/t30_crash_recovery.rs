@@ -148,25 +148,23 @@ async fn restarting_every_member_keeps_data_and_revision() {
     assert_eq!(next.header.unwrap().revision, last + 1);
 }
 
-/// The log is truncated behind the applied index (node::LOG_RETENTION = 10,000 entries), but a leader
-/// keeps what a follower still needs: a follower that was down while more than the retention window
-/// was written catches up from the log when it returns. Every member then restarts on its truncated
-/// log with all data.
-///
-/// Ignored until snapshots exist (issue 6): followers truncate by retention alone, so if leadership
-/// moves during the catch-up (seen under the full parallel suite: an election on a loaded machine)
-/// to the follower that already truncated, the new leader lacks the entries the returning member
-/// needs and can only offer a snapshot, which this version cannot send. Run it with
-/// `cargo test -p conclave-server --test cluster -- --ignored`.
+/// The log is truncated behind the applied index (`--experimental-snapshot-catchup-entries`, 1,000
+/// here), but a leader keeps what a follower still needs (up to ten times that): a follower that was
+/// down while more than the retention window was written catches up when it returns (from the log,
+/// or by snapshot if leadership moved to a member that truncated). Every member then restarts on
+/// its truncated log with all data.
 #[tokio::test]
-#[ignore = "needs snapshot transfer (issue 6) when leadership moves to a member that truncated its log"]
 async fn follower_down_past_the_retention_window_catches_up_from_the_log() {
-    let c = cluster(3).await;
+    let c = conclave_testkit::ClusterBuilder::new(super::binary(), 3)
+        .args(["--experimental-snapshot-catchup-entries", "1000"])
+        .start()
+        .await
+        .unwrap();
     let leader = c.leader_index().await.unwrap();
     let follower = (leader + 1) % 3;
     c.kill(follower).unwrap();
     let client = c.client(leader).await.unwrap();
-    let total = 12_500u64;
+    let total = 2_500u64;
     let mut tasks = Vec::new();
     for t in 0..50u64 {
         let kv = client.kv();
