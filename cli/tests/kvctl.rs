@@ -320,3 +320,56 @@ async fn member_add_promote_and_remove() {
     let list = ok(&kvctl(ep, &["member", "list"]));
     assert!(!list.contains(&id), "{list}");
 }
+
+/// `snapshot save`, `status` and `restore`, and what they refuse.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_save_status_and_restore() {
+    let bin = locate_binary().expect("the conclave binary is built (cargo test --workspace)");
+    let c = Cluster::start(&bin, 1).await.unwrap();
+    let ep = c.client_endpoint(0);
+    let ep = ep.as_str();
+    ok(&kvctl(ep, &["put", "s/a", "1"]));
+    ok(&kvctl(ep, &["put", "s/b", "2"]));
+    ok(&kvctl(ep, &["put", "s/a", "3"]));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b.db");
+    let file = file.to_str().unwrap();
+
+    let saved = ok(&kvctl(ep, &["snapshot", "save", file]));
+    assert!(
+        saved.starts_with(&format!("Snapshot saved at {file}")),
+        "{saved}"
+    );
+    let status = json(&kvctl(ep, &["snapshot", "status", file, "-w", "json"]));
+    assert_eq!(status["revision"], 4, "{status}");
+    assert_eq!(status["totalKey"], 2, "{status}");
+    let line = ok(&kvctl(ep, &["snapshot", "status", file]));
+    assert!(line.contains(", 4, 2, "), "{line}");
+
+    let target = dir.path().join("restored");
+    let target = target.to_str().unwrap();
+    let restore = [
+        "snapshot",
+        "restore",
+        file,
+        "--data-dir",
+        target,
+        "--name",
+        "r1",
+        "--initial-cluster",
+        "r1=http://127.0.0.1:2380",
+    ];
+    let out = ok(&kvctl(ep, &restore));
+    assert!(out.contains("revision 4, 2 keys"), "{out}");
+    let again = kvctl(ep, &restore);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    // A damaged file is refused by status and restore alike.
+    let mut bytes = std::fs::read(file).unwrap();
+    bytes[10] ^= 0x55;
+    std::fs::write(file, &bytes).unwrap();
+    let bad = kvctl(ep, &["snapshot", "status", file]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("damaged"));
+}

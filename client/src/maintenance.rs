@@ -1,10 +1,14 @@
 //! Maintenance calls. `status` asks one member about itself (leader, raft indexes, db size); with
-//! no endpoint named it fails over like any read. `move_leader` is the only call that changes
-//! cluster state: it finds the leader among the endpoints and asks it to hand over.
+//! no endpoint named it fails over like any read. `hash_kv` and `hash` fingerprint a member's state
+//! (equal on every member at the same revision). `snapshot` streams a backup from the first member
+//! that answers, without a deadline (a backup of a large database takes long). `move_leader` is the
+//! only call that changes cluster state: it finds the leader among the endpoints and asks it to hand
+//! over.
 
 use conclave_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use conclave_proto::etcdserverpb::{
-    MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
+    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 
 use crate::client::{Client, Retry};
@@ -40,6 +44,52 @@ impl Maintenance {
                 MaintenanceClient::new(channel).status(request).await
             })
             .await
+    }
+
+    /// The crc32 of the MVCC history up to `revision` (0: the newest) on the member at
+    /// `endpoint`, with its compaction point.
+    pub async fn hash_kv_on(&self, endpoint: &str, revision: i64) -> Result<HashKvResponse, Error> {
+        self.client
+            .call_on(
+                endpoint,
+                Retry::Safe,
+                HashKvRequest { revision },
+                |channel, request| async move {
+                    MaintenanceClient::new(channel).hash_kv(request).await
+                },
+            )
+            .await
+    }
+
+    /// The crc32 of the whole state of the member at `endpoint`.
+    pub async fn hash_on(&self, endpoint: &str) -> Result<HashResponse, Error> {
+        self.client
+            .call_on(endpoint, Retry::Safe, HashRequest {}, |channel, request| async move {
+                MaintenanceClient::new(channel).hash(request).await
+            })
+            .await
+    }
+
+    /// A backup of one member's state, as a stream of chunks (`remaining_bytes` counts down to
+    /// 0). Tries each endpoint until one starts streaming; the stream itself has no deadline.
+    pub async fn snapshot(&self) -> Result<tonic::Streaming<SnapshotResponse>, Error> {
+        let mut last = Error::NoEndpoints;
+        for c in self.client.connections() {
+            match MaintenanceClient::new(c.channel)
+                .max_decoding_message_size(usize::MAX)
+                .snapshot(SnapshotRequest {})
+                .await
+            {
+                Ok(stream) => return Ok(stream.into_inner()),
+                Err(status) => {
+                    last = Error::Unavailable {
+                        endpoint: c.url,
+                        source: status,
+                    }
+                }
+            }
+        }
+        Err(last)
     }
 
     /// Transfers leadership to member `target_id`. The request must reach the current leader, so

@@ -379,7 +379,8 @@ fn parse_duration(flag: &str, text: &str) -> Result<Duration, ConfigError> {
     Ok(d)
 }
 
-fn parse_initial_cluster(text: &str) -> Result<Vec<InitialMember>, ConfigError> {
+/// Parses `name=url,name=url,...` (a member may have several URLs).
+pub fn parse_initial_cluster(text: &str) -> Result<Vec<InitialMember>, ConfigError> {
     let mut members: Vec<InitialMember> = Vec::new();
     for part in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (name, url) = part

@@ -1,6 +1,8 @@
 //! etcdserverpb.Maintenance: Status with real values (etcdctl and clients use it to find members and
-//! the leader) and MoveLeader. Alarms, hashes, defragmentation and snapshots arrive with the
-//! cluster-operations work and answer `Unimplemented` until then.
+//! the leader), MoveLeader, Hash and HashKV (crc32, identical on every member at the same state),
+//! and Snapshot: a consistent backup streamed from one read transaction, with its exact length
+//! announced (`remaining_bytes`) and a checksum at its end (see `storage::backup`). Alarms and
+//! defragmentation answer `Unimplemented` until they are built.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,11 +14,61 @@ use conclave_proto::etcdserverpb::{
     MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use futures::Stream;
+use redb::ReadableDatabase;
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use super::Context;
 use crate::error::ServerError;
-use crate::storage;
+use crate::storage::{self, MVCC, StorageError, backup, snapshot};
+
+/// Size of one Snapshot response's blob.
+const BACKUP_CHUNK: usize = 1024 * 1024;
+
+fn storage_status(e: StorageError) -> Status {
+    Status::from(ServerError::from(e))
+}
+
+/// Hands the backup stream to the gRPC response in chunks, each with the bytes still to come.
+struct BackupChunks {
+    out: mpsc::Sender<Result<SnapshotResponse, Status>>,
+    buf: Vec<u8>,
+    remaining: u64,
+    header: Option<conclave_proto::etcdserverpb::ResponseHeader>,
+}
+
+impl BackupChunks {
+    fn ship(&mut self) -> std::io::Result<()> {
+        let blob = std::mem::replace(&mut self.buf, Vec::with_capacity(BACKUP_CHUNK));
+        self.remaining = self.remaining.saturating_sub(blob.len() as u64);
+        let chunk = SnapshotResponse {
+            header: self.header.take(),
+            remaining_bytes: self.remaining,
+            blob,
+        };
+        self.out
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::other("the client went away"))
+    }
+}
+
+impl std::io::Write for BackupChunks {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(BACKUP_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == BACKUP_CHUNK {
+            self.ship()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.ship()?;
+        }
+        Ok(())
+    }
+}
 
 /// The etcd version whose API this server speaks (reported in Status.version).
 pub const ETCD_API_VERSION: &str = "3.5.0";
@@ -45,6 +97,11 @@ impl Maintenance for MaintenanceService {
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let raft = self.ctx.node.status();
+        let is_learner = self
+            .ctx
+            .membership
+            .get(self.ctx.node.member_id)
+            .is_some_and(|m| m.is_learner);
         let db_size = storage::file_size(&self.ctx.data_dir) as i64;
         Ok(Response::new(StatusResponse {
             header: Some(self.ctx.header(0)),
@@ -56,7 +113,7 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: self.ctx.node.applied_index(),
             errors: Vec::new(),
             db_size_in_use: db_size,
-            is_learner: false,
+            is_learner,
         }))
     }
 
@@ -67,21 +124,101 @@ impl Maintenance for MaintenanceService {
         Err(not_yet("Defragment"))
     }
 
+    /// crc32 of the whole state (history, leases, members) as of now on this member.
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(not_yet("Hash"))
+        let db = self.ctx.store_db();
+        let hash = tokio::task::spawn_blocking(move || -> Result<u32, StorageError> {
+            let txn = db.begin_read()?;
+            let mut sum = Crc(crc32fast::Hasher::new());
+            snapshot::write_rows(&txn, &mut sum)?;
+            Ok(sum.0.finalize())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(storage_status)?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.ctx.header(0)),
+            hash,
+        }))
     }
 
-    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(not_yet("HashKV"))
+    /// crc32 of the MVCC rows up to `revision` (0: the newest), with the compaction point.
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let revision = req.into_inner().revision;
+        let newest = self.ctx.store.revision();
+        if revision > newest {
+            return Err(ServerError::FutureRevision.into());
+        }
+        let compacted = self.ctx.store.compacted_revision();
+        if revision > 0 && revision < compacted {
+            return Err(ServerError::Compacted.into());
+        }
+        let upto = if revision > 0 { revision } else { newest };
+        let db = self.ctx.store_db();
+        let hash = tokio::task::spawn_blocking(move || -> Result<u32, StorageError> {
+            let txn = db.begin_read()?;
+            let mut hasher = crc32fast::Hasher::new();
+            for row in txn.open_table(MVCC)?.range(..=(upto as u64, u64::MAX))? {
+                let (k, v) = row?;
+                let (main, sub) = k.value();
+                hasher.update(&main.to_be_bytes());
+                hasher.update(&sub.to_be_bytes());
+                hasher.update(v.value());
+            }
+            Ok(hasher.finalize())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(storage_status)?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.ctx.header(upto)),
+            hash,
+            compact_revision: compacted,
+        }))
     }
 
     type SnapshotStream = SnapshotChunks;
 
+    /// A consistent backup of this member's state, streamed as it is read.
     async fn snapshot(
         &self,
         _: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(not_yet("Snapshot"))
+        let db = self.ctx.store_db();
+        let (cluster_id, member_id) = (self.ctx.node.cluster_id, self.ctx.node.member_id);
+        let header = Some(self.ctx.header(0));
+        let (out, chunks) = mpsc::channel(4);
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || {
+            let run = || -> Result<u64, StorageError> {
+                let txn = db.begin_read()?;
+                let total = backup::size(&txn)?;
+                let mut writer = BackupChunks {
+                    out: out.clone(),
+                    buf: Vec::with_capacity(BACKUP_CHUNK),
+                    remaining: total,
+                    header,
+                };
+                backup::write(&txn, cluster_id, member_id, &mut writer)
+            };
+            match run() {
+                Ok(bytes) => tracing::info!(
+                    bytes,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "backup sent"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "backup failed");
+                    let _ = out.blocking_send(Err(storage_status(e)));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(chunks),
+        )))
     }
 
     async fn move_leader(
@@ -109,5 +246,19 @@ impl Maintenance for MaintenanceService {
         _: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
         Err(not_yet("Downgrade"))
+    }
+}
+
+/// A `Write` that only computes a crc32.
+struct Crc(crc32fast::Hasher);
+
+impl std::io::Write for Crc {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.update(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -72,6 +72,11 @@ impl Context {
         Ok(())
     }
 
+    /// The member's database.
+    pub fn store_db(&self) -> Arc<redb::Database> {
+        self.store.db()
+    }
+
     /// A fresh lease id for a grant that left it to the server: positive, not in use.
     pub fn new_lease_id(&self) -> i64 {
         loop {

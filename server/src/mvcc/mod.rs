@@ -246,6 +246,11 @@ impl Store {
         })
     }
 
+    /// The database the store lives in.
+    pub fn db(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
     /// Rebuilds the index after the database's MVCC table was replaced (a snapshot was installed)
     /// and publishes its newest revision.
     pub fn reload(&self) -> MvccResult<()> {

@@ -2,6 +2,7 @@
 //! key-value history (`mvcc`), the member table, the leases, and bookkeeping (`meta`, holding the schema version
 //! and the applied index). Opening checks the schema version and refuses a newer one.
 
+pub mod backup;
 mod error;
 pub mod raft_log;
 pub mod snapshot;

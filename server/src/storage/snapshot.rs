@@ -118,8 +118,8 @@ pub fn write_rows(txn: &ReadTransaction, out: &mut impl Write) -> StorageResult<
     Ok(())
 }
 
-/// Reads one varint-prefixed row; `None` at a clean end of input.
-fn read_row(input: &mut impl Read) -> StorageResult<Option<SnapshotRow>> {
+/// Reads one varint-length-prefixed frame; `None` at a clean end of input.
+pub fn read_frame(input: &mut impl Read) -> StorageResult<Option<Vec<u8>>> {
     let mut len: u64 = 0;
     for shift in (0..64).step_by(7) {
         let mut byte = [0u8; 1];
@@ -138,35 +138,60 @@ fn read_row(input: &mut impl Read) -> StorageResult<Option<SnapshotRow>> {
     }
     let mut buf = vec![0u8; len as usize];
     input.read_exact(&mut buf)?;
-    SnapshotRow::decode(buf.as_slice())
-        .map(Some)
-        .map_err(corrupt)
+    Ok(Some(buf))
+}
+
+/// Reads one row; `None` at a clean end of input.
+pub fn read_row(input: &mut impl Read) -> StorageResult<Option<SnapshotRow>> {
+    match read_frame(input)? {
+        Some(buf) => SnapshotRow::decode(buf.as_slice())
+            .map(Some)
+            .map_err(corrupt),
+        None => Ok(None),
+    }
 }
 
 /// Replaces the state tables in `txn` with the rows of the snapshot file at `path`. The caller
 /// commits (or, on error, drops) the transaction: the old state stays until then.
 pub fn load_rows(txn: &WriteTransaction, path: &Path) -> StorageResult<()> {
+    let mut input = BufReader::with_capacity(256 * 1024, File::open(path)?);
+    load(txn, &mut input, true)
+}
+
+/// Replaces the state tables in `txn` with the rows read from `input`; the member table and
+/// removed ids too if `with_members` (a raft snapshot), otherwise their rows are skipped (a
+/// backup restored as a new cluster, which has its own members).
+pub fn load(
+    txn: &WriteTransaction,
+    input: &mut impl Read,
+    with_members: bool,
+) -> StorageResult<()> {
     txn.delete_table(MVCC)?;
-    txn.delete_table(MEMBERS)?;
-    txn.delete_table(REMOVED_MEMBERS)?;
     txn.delete_table(LEASES)?;
+    if with_members {
+        txn.delete_table(MEMBERS)?;
+        txn.delete_table(REMOVED_MEMBERS)?;
+    }
     let mut mvcc = txn.open_table(MVCC)?;
     let mut members = txn.open_table(MEMBERS)?;
     let mut removed = txn.open_table(REMOVED_MEMBERS)?;
     let mut leases = txn.open_table(LEASES)?;
     let mut meta = txn.open_table(META)?;
     meta.remove(META_COMPACTED_REV)?;
-    let mut input = BufReader::with_capacity(256 * 1024, File::open(path)?);
-    while let Some(row) = read_row(&mut input)? {
+    while let Some(row) = read_row(input)? {
         match row.row {
             Some(Row::CompactedRevision(rev)) => {
                 meta.insert(META_COMPACTED_REV, rev)?;
             }
             Some(Row::Member(m)) => {
-                members.insert(m.id, m.encode_to_vec().as_slice())?;
+                if with_members {
+                    members.insert(m.id, m.encode_to_vec().as_slice())?;
+                }
             }
             Some(Row::RemovedMember(id)) => {
-                removed.insert(id, ())?;
+                if with_members {
+                    removed.insert(id, ())?;
+                }
             }
             Some(Row::Lease(l)) => {
                 leases.insert(l.id, (l.ttl, l.remaining))?;

@@ -7,6 +7,7 @@ mod t30_crash_recovery;
 mod t40_watch;
 mod t50_lease;
 mod t60_membership;
+mod t70_backup;
 mod t90_regressions;
 
 use std::path::Path;
