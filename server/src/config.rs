@@ -20,6 +20,16 @@ pub enum ClusterState {
     Existing,
 }
 
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event (for log shippers).
+    Json,
+}
+
 /// Command line of the `conclave` server.
 #[derive(Debug, Clone, Parser, Deserialize)]
 #[command(
@@ -92,6 +102,9 @@ pub struct Flags {
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl Default for Flags {
@@ -121,6 +134,7 @@ pub struct Settings {
     pub snapshot_catchup_entries: u64,
     pub watch_slow_consumer_timeout: Duration,
     pub log_level: String,
+    pub log_format: LogFormat,
 }
 
 impl Settings {
@@ -200,7 +214,8 @@ fn merge(cli: Flags, file: Flags, m: &ArgMatches) -> Flags {
         experimental_lease_checkpoint_interval,
         experimental_snapshot_catchup_entries,
         watch_slow_consumer_timeout,
-        log_level
+        log_level,
+        log_format
     )
 }
 
@@ -350,6 +365,7 @@ impl Flags {
                 &self.watch_slow_consumer_timeout,
             )?,
             log_level: self.log_level.clone(),
+            log_format: self.log_format,
         })
     }
 }

@@ -235,6 +235,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The raft thread stops last: in-flight requests still need it while the servers drain.
+    let (raft_stop_tx, raft_stop_rx) = watch::channel(false);
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(4);
     let applier = Applier {
         db: db.clone(),
@@ -247,7 +249,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         applied: applied_tx,
         member_id: identity.member_id,
     };
-    spawn_raft_thread(driver, applier, stop_rx.clone(), fatal_tx.clone())?;
+    let raft_thread = spawn_raft_thread(driver, applier, raft_stop_rx, fatal_tx.clone())?;
 
     tokio::spawn(catch_up::run(hub.clone(), store.clone(), stop_rx.clone()));
     tokio::spawn(duties::run(
@@ -339,6 +341,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let result = tokio::select! {
         _ = shutdown => {
             tracing::info!("shutting down");
+            hand_over_leadership(&node).await;
             Ok(())
         }
         Some(why) = fatal_rx.recv() => {
@@ -354,11 +357,55 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         }
     };
     publisher.abort();
+    // Stop accepting requests and let those in flight finish (bounded: watch streams never end
+    // by themselves), then stop raft and wait for its last write.
     let _ = stop_tx.send(true);
-    for s in servers {
-        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    let drained = futures::future::join_all(servers);
+    if tokio::time::timeout(Duration::from_secs(5), drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after 5 s; stopping anyway");
     }
+    let _ = raft_stop_tx.send(true);
+    let joined = tokio::task::spawn_blocking(move || raft_thread.join());
+    if tokio::time::timeout(Duration::from_secs(5), joined)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the raft thread did not stop within 5 s");
+    }
+    tracing::info!("stopped");
     result
+}
+
+/// On a graceful stop of the leader: hands leadership to the most up-to-date active voter first,
+/// so the cluster does not wait an election timeout for a new leader.
+async fn hand_over_leadership(node: &Node) {
+    let Ok(Some(progress)) = node.progress().await else {
+        return;
+    };
+    let successor = progress
+        .voters
+        .iter()
+        .filter(|v| **v != node.member_id && progress.active.get(v).copied().unwrap_or(false))
+        .max_by_key(|v| progress.matched.get(v).copied().unwrap_or(0))
+        .copied();
+    let Some(successor) = successor else {
+        return;
+    };
+    let started = Instant::now();
+    let moved =
+        tokio::time::timeout(Duration::from_secs(3), node.transfer_leadership(successor)).await;
+    match moved {
+        Ok(Ok(())) => tracing::info!(
+            successor = format!("{successor:x}"),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "leadership handed over before stopping"
+        ),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not hand over leadership"),
+        Err(_) => tracing::warn!("leadership hand-over timed out"),
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, RunError> {
@@ -385,7 +432,7 @@ fn spawn_raft_thread(
     applier: Applier,
     stop: watch::Receiver<bool>,
     fatal: mpsc::Sender<String>,
-) -> Result<(), RunError> {
+) -> Result<std::thread::JoinHandle<()>, RunError> {
     std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
@@ -403,8 +450,7 @@ fn spawn_raft_thread(
                 let _ = fatal.blocking_send(format!("raft: {why}"));
             }
         })
-        .map_err(|e| RunError::Startup(format!("cannot start the raft thread: {e}")))?;
-    Ok(())
+        .map_err(|e| RunError::Startup(format!("cannot start the raft thread: {e}")))
 }
 
 /// Runs `f`, turning a panic into an error: a panicking raft thread must stop the
