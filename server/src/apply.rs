@@ -92,6 +92,8 @@ impl Applier {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(false);
         };
+        let started = std::time::Instant::now();
+        let count = entries.len() as u64;
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
         let mut results = Vec::new();
@@ -128,6 +130,10 @@ impl Applier {
         }
         txn.open_table(META)?.insert(META_APPLIED_INDEX, last)?;
         txn.commit()?;
+        let m = crate::metrics::get();
+        m.apply_duration.observe(started.elapsed());
+        m.proposals_applied
+            .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
         self.hub
             .publish(&self.store, self.store.written_revision(), &changes);
         self.applied.send_replace(last);
@@ -185,6 +191,7 @@ impl Applier {
         self.membership.reload(&self.db)?;
         self.hub.restored(&self.store, self.store.revision());
         self.applied.send_replace(meta.index);
+        crate::metrics::inc(&crate::metrics::get().snapshots_installed);
         if let Err(e) = std::fs::remove_file(path) {
             tracing::warn!(path = %path.display(), error = %e, "cannot remove an installed snapshot file");
         }

@@ -34,6 +34,7 @@ use crate::api::watch::WatchService;
 use crate::api::{Context, Limits};
 use crate::apply::Applier;
 use crate::config::{ClusterState, Settings};
+use crate::http;
 use crate::lease::{self, Lessor, duties};
 use crate::membership::{BootstrapError, Membership};
 use crate::mvcc::{MvccError, Store};
@@ -277,25 +278,41 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     });
     let peer_channels = Arc::new(PeerChannels::default());
     let mut servers = Vec::new();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(report_health(
+        node.clone(),
+        health_reporter,
+        stop_rx.clone(),
+    ));
     for addr in &settings.listen_client {
         let listener = bind(*addr).await?;
         let max = settings.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let routes = tonic::service::Routes::new(
+            KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            MaintenanceServer::new(MaintenanceService::new(ctx.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            ClusterServer::new(ClusterService::new(ctx.clone(), peer_channels.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(WatchServer::new(WatchService::new(hub.clone())))
+        .add_service(LeaseServer::new(LeaseService::new(
+            ctx.clone(),
+            peer_channels.clone(),
+        )))
+        .add_service(health_service.clone());
+        // Plain HTTP (/health, /metrics, ...) on the same port, and every gRPC call counted.
+        let app = routes
+            .into_axum_router()
+            .merge(http::router(ctx.clone()))
+            .layer(axum::middleware::from_fn(http::count_rpcs));
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max))
-            .add_service(
-                MaintenanceServer::new(MaintenanceService::new(ctx.clone()))
-                    .max_decoding_message_size(max),
-            )
-            .add_service(
-                ClusterServer::new(ClusterService::new(ctx.clone(), peer_channels.clone()))
-                    .max_decoding_message_size(max),
-            )
-            .add_service(WatchServer::new(WatchService::new(hub.clone())))
-            .add_service(LeaseServer::new(LeaseService::new(
-                ctx.clone(),
-                peer_channels.clone(),
-            )));
+            .accept_http1(true)
+            .add_routes(tonic::service::Routes::from(app));
         let stop = stopped(stop_rx.clone());
         servers.push(tokio::spawn(async move {
             router
@@ -377,6 +394,37 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     }
     tracing::info!("stopped");
     result
+}
+
+/// Keeps the gRPC health service (`grpc.health.v1`) in step with raft: SERVING while a leader is
+/// known, NOT_SERVING otherwise (checked twice a second: the status changes with every commit).
+async fn report_health(
+    node: Arc<Node>,
+    reporter: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tonic_health::ServingStatus;
+    let mut last = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let serving = node.status().leader != 0;
+        if last != Some(serving) {
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            last = Some(serving);
+        }
+    }
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
 }
 
 /// On a graceful stop of the leader: hands leadership to the most up-to-date active voter first,

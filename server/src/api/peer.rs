@@ -90,6 +90,12 @@ impl PeerService {
                 .map_err(storage)?;
             }
         };
+        let m = crate::metrics::get();
+        crate::metrics::inc(&m.snapshots_received);
+        m.snapshot_bytes_received.fetch_add(
+            std::fs::metadata(&path).map_or(0, |f| f.len()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         tracing::info!(
             index,
             term,

@@ -118,6 +118,11 @@ impl Node {
         self.leading.clone()
     }
 
+    /// Whether the raft task still runs.
+    pub fn is_running(&self) -> bool {
+        !self.proposals.is_closed()
+    }
+
     /// Index of the last entry applied to the state machine.
     pub fn applied_index(&self) -> u64 {
         *self.applied.borrow()
@@ -191,6 +196,7 @@ impl Node {
                 Ok(Err(_)) => return Err(ServerError::Stopped),
                 Err(_) => {
                     self.waiters.cancel(request_id);
+                    crate::metrics::inc(&crate::metrics::get().proposals_failed);
                     return Err(ServerError::Timeout);
                 }
             }
@@ -631,6 +637,9 @@ impl Driver {
             last_index: raft.raft_log.last_index(),
             is_leader: raft.state == StateRole::Leader,
         };
+        if next.leader != 0 && next.leader != self.status.borrow().leader {
+            crate::metrics::inc(&crate::metrics::get().leader_changes);
+        }
         let leading = next.is_leader.then_some(next.term);
         self.leading.send_if_modified(|l| {
             let changed = *l != leading;

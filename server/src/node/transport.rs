@@ -151,6 +151,15 @@ async fn send_snapshot(
         Some(txn) => stream_snapshot(cluster_id, &url, &message, txn).await,
         None => Err("the snapshot is no longer parked".to_string()),
     };
+    let m = crate::metrics::get();
+    match &outcome {
+        Ok(bytes) => {
+            crate::metrics::inc(&m.snapshots_sent);
+            m.snapshot_bytes_sent
+                .fetch_add(*bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+        Err(_) => crate::metrics::inc(&m.snapshots_send_failed),
+    }
     match &outcome {
         Ok(bytes) => tracing::info!(
             peer = format!("{to:x}"),

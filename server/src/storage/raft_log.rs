@@ -244,6 +244,7 @@ impl RaftLog {
             }
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let txn = self.db.begin_write()?;
         {
             let mut log = txn.open_table(RAFT_LOG)?;
@@ -264,6 +265,9 @@ impl RaftLog {
             }
         }
         txn.commit()?;
+        crate::metrics::get()
+            .wal_fsync_duration
+            .observe(started.elapsed());
         if let Some(first) = entries.first() {
             while inner.tail.back().is_some_and(|e| e.index >= first.index) {
                 inner.tail.pop_back();

@@ -231,6 +231,11 @@ impl WatchHub {
         self.lock().streams.values().map(|s| s.watchers.len()).sum()
     }
 
+    /// Number of open watch streams.
+    pub fn stream_count(&self) -> usize {
+        self.lock().streams.len()
+    }
+
     /// Creates a watch and sends its `created` response through `permit` (reserved on the
     /// stream's outbox, so it precedes every event of the watch). `requested_id` 0 = pick one.
     /// `start` 0 = from the next revision.

@@ -1,0 +1,247 @@
+//! Plain HTTP on the client port, next to gRPC (HTTP/1.1 and HTTP/2 on the same listener):
+//! `/health` (etcd's JSON: healthy when a leader is known and a linearizable read succeeds),
+//! `/livez` (the process and its raft thread run), `/readyz` (ready to serve reads and writes:
+//! leader known, linearizable read, not a learner), `/version` (JSON), `/metrics` (Prometheus
+//! text). Also the middleware that counts every gRPC call by method and code.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::api::Context;
+use crate::api::maintenance::ETCD_API_VERSION;
+use crate::metrics;
+use crate::storage;
+
+/// How long a health check may wait for its linearizable read.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The HTTP routes, served with the gRPC services.
+pub fn router(ctx: Arc<Context>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/version", get(version))
+        .route("/metrics", get(render_metrics))
+        .with_state(ctx)
+}
+
+/// Why this member cannot serve linearizable requests right now, if it cannot.
+async fn unready(ctx: &Context) -> Option<String> {
+    if ctx.node.status().leader == 0 {
+        return Some("no leader".into());
+    }
+    match tokio::time::timeout(CHECK_TIMEOUT, ctx.node.read_barrier()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("linearizable read failed: {e}")),
+        Err(_) => Some("linearizable read timed out".into()),
+    }
+}
+
+async fn health(State(ctx): State<Arc<Context>>) -> Response {
+    let (code, body) = match unready(&ctx).await {
+        None => (
+            StatusCode::OK,
+            r#"{"health":"true","reason":""}"#.to_string(),
+        ),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(r#"{{"health":"false","reason":{why:?}}}"#),
+        ),
+    };
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn livez(State(ctx): State<Arc<Context>>) -> Response {
+    if ctx.node.is_running() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "raft stopped\n").into_response()
+    }
+}
+
+async fn readyz(State(ctx): State<Arc<Context>>) -> Response {
+    let learner = ctx
+        .membership
+        .get(ctx.node.member_id)
+        .is_some_and(|m| m.is_learner);
+    let why = if learner {
+        Some("learner: serves serializable reads only".to_string())
+    } else {
+        unready(&ctx).await
+    };
+    match why {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
+}
+
+async fn version() -> Response {
+    let body = format!(
+        r#"{{"etcdserver":"{ETCD_API_VERSION}","etcdcluster":"{}","conclave":"{}"}}"#,
+        cluster_version(),
+        env!("CARGO_PKG_VERSION")
+    );
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// etcd reports the cluster version as major.minor.0.
+fn cluster_version() -> String {
+    let mut parts = ETCD_API_VERSION.split('.');
+    format!(
+        "{}.{}.0",
+        parts.next().unwrap_or("3"),
+        parts.next().unwrap_or("5")
+    )
+}
+
+async fn render_metrics(State(ctx): State<Arc<Context>>) -> Response {
+    let mut out = String::with_capacity(16 * 1024);
+    let raft = ctx.node.status();
+    metrics::gauge(
+        &mut out,
+        "etcd_server_has_leader",
+        "1 when this member knows a leader.",
+        u8::from(raft.leader != 0),
+    );
+    metrics::gauge(
+        &mut out,
+        "etcd_server_is_leader",
+        "1 when this member is the leader.",
+        u8::from(raft.is_leader),
+    );
+    metrics::gauge(
+        &mut out,
+        "etcd_server_is_learner",
+        "1 when this member is a learner.",
+        u8::from(
+            ctx.membership
+                .get(ctx.node.member_id)
+                .is_some_and(|m| m.is_learner),
+        ),
+    );
+    metrics::gauge(&mut out, "etcd_server_term", "Raft term.", raft.term);
+    metrics::gauge(
+        &mut out,
+        "etcd_server_proposals_committed_total",
+        "Raft commit index.",
+        raft.commit,
+    );
+    metrics::gauge(
+        &mut out,
+        "conclave_raft_last_index",
+        "Index of the last raft log entry.",
+        raft.last_index,
+    );
+    metrics::gauge(
+        &mut out,
+        "etcd_server_applied_index",
+        "Index of the last applied raft entry.",
+        ctx.node.applied_index(),
+    );
+    metrics::gauge(
+        &mut out,
+        "etcd_mvcc_db_total_size_in_bytes",
+        "Size of the database file.",
+        storage::file_size(&ctx.data_dir),
+    );
+    metrics::gauge(
+        &mut out,
+        "etcd_debugging_mvcc_keys_total",
+        "Live keys.",
+        ctx.store.key_count(),
+    );
+    metrics::gauge(
+        &mut out,
+        "etcd_mvcc_current_revision",
+        "Newest revision.",
+        ctx.store.revision(),
+    );
+    metrics::gauge(
+        &mut out,
+        "etcd_mvcc_compact_revision",
+        "Compaction point.",
+        ctx.store.compacted_revision(),
+    );
+    metrics::gauge(
+        &mut out,
+        "etcd_debugging_mvcc_watcher_total",
+        "Watches on this member.",
+        ctx.hub.watcher_count(),
+    );
+    metrics::gauge(
+        &mut out,
+        "etcd_debugging_mvcc_watch_stream_total",
+        "Watch streams on this member.",
+        ctx.hub.stream_count(),
+    );
+    metrics::gauge(
+        &mut out,
+        "etcd_debugging_lease_total",
+        "Leases.",
+        ctx.lessor.len(),
+    );
+    metrics::gauge(
+        &mut out,
+        "conclave_cluster_members",
+        "Members in the member table (learners included).",
+        ctx.membership.list().len(),
+    );
+    metrics::get().render(&mut out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// gRPC code names, by number, as Prometheus' gRPC metrics label them.
+const CODES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// Counts gRPC calls by method and code, and times them to their response headers. A call that
+/// fails before answering carries its code in the headers (trailers-only); one that answers
+/// counts as OK (a stream's later end is not seen here).
+pub async fn count_rpcs(req: Request, next: Next) -> Response {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !grpc {
+        return next.run(req).await;
+    }
+    let method = req.uri().path().to_string();
+    let m = metrics::get();
+    m.rpc_started(&method);
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let code = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .and_then(|n| CODES.get(n).copied())
+        .unwrap_or("OK");
+    m.rpc_handled(&method, code, started.elapsed());
+    resp
+}
