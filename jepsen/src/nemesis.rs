@@ -47,11 +47,16 @@ pub enum Fault {
     PartitionBridge,
     /// Compact at the current revision again and again until the heal.
     Compact,
+    /// Remove a random member (the leader included) from the cluster with MemberRemove, wipe its
+    /// data dir; at the heal add it back (MemberAdd, a new id) and start it empty, to join by
+    /// snapshot.
+    Member,
 }
 
 /// Every name `--nemesis` accepts; `partition` stands for all four partition faults.
 pub const FAULT_NAMES: &str = "kill, kill-leader, kill-majority, pause, pause-leader, \
-    partition (= partition-one, partition-leader, partition-halves, partition-bridge), compact";
+    partition (= partition-one, partition-leader, partition-halves, partition-bridge), compact, \
+    member";
 
 impl FromStr for Fault {
     type Err = String;
@@ -68,6 +73,7 @@ impl FromStr for Fault {
             "partition-halves" => Ok(Fault::PartitionHalves),
             "partition-bridge" => Ok(Fault::PartitionBridge),
             "compact" => Ok(Fault::Compact),
+            "member" => Ok(Fault::Member),
             other => Err(format!("unknown nemesis {other:?} ({FAULT_NAMES})")),
         }
     }
@@ -182,6 +188,8 @@ enum Injected {
     Killed(Vec<usize>),
     Paused(Vec<usize>),
     Cut,
+    /// Removed from the cluster, data wiped: add back.
+    Removed(usize),
     Nothing,
 }
 
@@ -216,7 +224,7 @@ pub async fn run(
                 _ = tokio::time::sleep(interval) => false,
                 _ = stop.changed() => true,
             };
-            heal(&cluster, network.as_deref(), injected);
+            heal(&cluster, network.as_deref(), injected).await;
             recorder.nemesis(Kind::Ok, format!("heal {target}"));
             stopping
         };
@@ -269,16 +277,95 @@ async fn inject(
         }
         // The storm is run by `run` itself, not injected and healed.
         Fault::Compact => ("compact", "all".into(), Injected::Nothing),
+        Fault::Member => {
+            let node = rand::rng().random_range(0..len);
+            match remove_member(cluster, node).await {
+                Ok(()) => ("remove", names(&[node]), Injected::Removed(node)),
+                Err(e) => {
+                    tracing::warn!(error = %e, node, "member removal failed");
+                    ("remove-failed", names(&[node]), Injected::Nothing)
+                }
+            }
+        }
     }
 }
 
-fn heal(cluster: &Cluster, network: Option<&Network>, injected: Injected) {
+/// A client of every member but `node`.
+async fn client_without(cluster: &Cluster, node: usize) -> anyhow::Result<conclave_client::Client> {
+    let others: Vec<String> = cluster
+        .endpoints()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != node)
+        .map(|(_, e)| e)
+        .collect();
+    client(&others, 0).await
+}
+
+/// Tries a membership change until it is done; `done` recognises the error of an attempt that
+/// already took effect (a retry after an unknown outcome).
+async fn until_done<F, Fut, T>(what: &str, mut attempt: F, done: &str) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, conclave_client::Error>>,
+{
+    let mut last = String::new();
+    for _ in 0..20 {
+        match attempt().await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.to_string().contains(done) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("{what}: {last}")
+}
+
+/// Removes member `node` and wipes its data dir once it has stopped.
+async fn remove_member(cluster: &Cluster, node: usize) -> anyhow::Result<()> {
+    let id = cluster.member_id(node).await?;
+    let c = client_without(cluster, node).await?;
+    let members = c.cluster();
+    until_done(
+        "member remove",
+        || members.member_remove(id),
+        "member not found",
+    )
+    .await?;
+    if !cluster.wait_exit(node, Duration::from_secs(15)).await? {
+        tracing::warn!(node, "a removed member did not stop by itself; killed");
+    }
+    std::fs::remove_dir_all(cluster.data_dir(node)?)?;
+    Ok(())
+}
+
+/// Adds `node` back (a new member id, the same peer URL) and starts it empty.
+async fn add_member(cluster: &Cluster, node: usize) -> anyhow::Result<()> {
+    let url = cluster.peer_url(node)?;
+    let c = client_without(cluster, node).await?;
+    let members = c.cluster();
+    until_done(
+        "member add",
+        || members.member_add([url.clone()], false),
+        "Peer URLs already exists",
+    )
+    .await?;
+    cluster.rejoin(node)?;
+    Ok(())
+}
+
+async fn heal(cluster: &Cluster, network: Option<&Network>, injected: Injected) {
     match injected {
         Injected::Killed(nodes) => nodes.into_iter().for_each(|n| report(cluster.restart(n))),
         Injected::Paused(nodes) => nodes.into_iter().for_each(|n| report(cluster.resume(n))),
         Injected::Cut => {
             if let Some(network) = network {
                 report(network.heal());
+            }
+        }
+        Injected::Removed(node) => {
+            if let Err(e) = add_member(cluster, node).await {
+                tracing::warn!(error = %e, node, "adding a removed member back failed");
             }
         }
         Injected::Nothing => {}
@@ -344,6 +431,10 @@ mod tests {
 
     #[test]
     fn nemesis_lists() {
+        assert_eq!(
+            Fault::parse_list(&["member".into()]).unwrap(),
+            vec![Fault::Member]
+        );
         let all = Fault::parse_list(&["kill".into(), "".into(), "partition".into()]).unwrap();
         assert_eq!(all.len(), 5);
         assert_eq!(all.iter().filter(|f| f.is_partition()).count(), 4);

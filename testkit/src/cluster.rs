@@ -810,6 +810,21 @@ impl Cluster {
         })?
     }
 
+    /// Starts node `index` again, as a member joining the running cluster
+    /// (`--initial-cluster-state existing` from now on): for a node that was removed from the
+    /// cluster, had its data dir wiped and was added back with MemberAdd.
+    pub fn rejoin(&self, index: usize) -> Result<(), Error> {
+        self.with_node(index, |n| {
+            if let Some(i) = n.args.iter().position(|a| a == "--initial-cluster-state")
+                && let Some(state) = n.args.get_mut(i + 1)
+            {
+                *state = "existing".into();
+            }
+            n.stop();
+            n.start(&self.binary, &self.envs)
+        })?
+    }
+
     /// Freezes node `index` with SIGSTOP: its sockets stay open but it answers nothing.
     pub fn pause(&self, index: usize) -> Result<(), Error> {
         self.with_node(index, |n| match n.state() {
