@@ -880,6 +880,13 @@ t_endpoint_hashkv() {
     eq "$(j '[.[].HashKV.hash] | unique | length')" 1 "same hash on every member" || return 1
 }
 
+# No alarm on a healthy cluster; disarming none is fine.
+t_alarm() {
+    ctl "$ALL" alarm list; need_ok "alarm list" || return 1
+    [[ ! -s "$OUT" ]] || { WHY="alarms on a healthy cluster: $(head -c 200 "$OUT")"; return 1; }
+    ctl "$ALL" alarm disarm; need_ok "alarm disarm" || return 1
+}
+
 # etcdctl takes a backup (it checks only the file's shape).
 t_snapshot_save() {
     ctl "$EP1" snapshot save "$T/backup.db"; need_ok "snapshot save" || return 1
@@ -991,6 +998,7 @@ step leader-failover        t_failover
 step member-restart         t_restart
 step endpoint-hashkv        t_endpoint_hashkv
 step snapshot-save          t_snapshot_save
+step alarm                  t_alarm
 step member-add-promote-remove t_member_add_promote_remove
 
 if [[ $FAILED -gt 0 ]]; then

@@ -1,13 +1,14 @@
 //! `kvctl`: the operator command line over `conclave-client`, shaped like etcdctl (a user of
 //! etcdctl should guess the commands): key-value (put, get, del, txn, compaction), watch, lease,
 //! member list/add/remove/update/promote, endpoint health/status, move-leader, snapshot
-//! save/status/restore, and shell completion. Every command prints in
+//! save/status/restore, alarm list/disarm, and shell completion. Every command prints in
 //! `-w simple|json|table`. Errors are one line on stderr and a documented exit code: 1 refused or
 //! failed, 2 bad usage, 3 outcome unknown (a write that may or may not have happened), 4 a lease
 //! kept alive by `lease keep-alive` was lost.
 //!
-//! Commands of later capabilities (alarms, defrag; lock, elect, group, config) slot in as further variants of [`Command`], each in its own module.
+//! Commands of later capabilities (defrag; lock, elect, group, config) slot in as further variants of [`Command`], each in its own module.
 
+mod alarm;
 mod cluster;
 mod kv;
 mod lease;
@@ -80,6 +81,11 @@ enum Command {
     Endpoint {
         #[command(subcommand)]
         command: cluster::EndpointCommand,
+    },
+    /// Alarms: list, disarm.
+    Alarm {
+        #[command(subcommand)]
+        command: alarm::AlarmCommand,
     },
     /// Backups: save from a member, check a file, restore into a new data dir.
     Snapshot {
@@ -178,6 +184,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Member { command } => cluster::member(&ctx, command).await,
         Command::Endpoint { command } => cluster::endpoint(&ctx, command).await,
         Command::Snapshot { command } => snapshot::run(&ctx, command).await,
+        Command::Alarm { command } => alarm::run(&ctx, command).await,
         Command::MoveLeader { target } => cluster::move_leader(&ctx, &target).await,
         Command::Completion { .. } => Ok(()),
     }

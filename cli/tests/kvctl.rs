@@ -373,3 +373,35 @@ async fn snapshot_save_status_and_restore() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("damaged"));
 }
+
+/// `alarm list` and `alarm disarm` with NOSPACE raised by a tiny quota.
+#[tokio::test(flavor = "multi_thread")]
+async fn alarm_list_and_disarm() {
+    let bin = locate_binary().expect("the conclave binary is built (cargo test --workspace)");
+    let c = conclave_testkit::ClusterBuilder::new(&bin, 1)
+        .args(["--quota-backend-bytes", "4096"])
+        .start()
+        .await
+        .unwrap();
+    let ep = c.client_endpoint(0);
+    let ep = ep.as_str();
+    assert_eq!(ok(&kvctl(ep, &["alarm", "list"])), "");
+    let big = "x".repeat(1000);
+    let mut refused = None;
+    for i in 0..10 {
+        let out = kvctl(ep, &["put", &format!("k{i}"), &big]);
+        if !out.status.success() {
+            refused = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+            break;
+        }
+    }
+    let refused = refused.expect("the quota refused a put");
+    assert!(refused.contains("database space exceeded"), "{refused}");
+    let list = ok(&kvctl(ep, &["alarm", "list"]));
+    assert!(
+        list.starts_with("memberID:") && list.trim_end().ends_with(" alarm:NOSPACE"),
+        "{list}"
+    );
+    assert_eq!(ok(&kvctl(ep, &["alarm", "disarm"])), list);
+    assert_eq!(ok(&kvctl(ep, &["alarm", "list"])), "");
+}

@@ -5,10 +5,12 @@
 //! only call that changes cluster state: it finds the leader among the endpoints and asks it to hand
 //! over.
 
+use conclave_proto::etcdserverpb::alarm_request::AlarmAction;
 use conclave_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use conclave_proto::etcdserverpb::{
-    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, HashKvRequest, HashKvResponse,
+    HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse,
 };
 
 use crate::client::{Client, Retry};
@@ -44,6 +46,38 @@ impl Maintenance {
                 MaintenanceClient::new(channel).status(request).await
             })
             .await
+    }
+
+    /// The raised alarms (NOSPACE, CORRUPT), by member.
+    pub async fn alarm_list(&self) -> Result<AlarmResponse, Error> {
+        let request = AlarmRequest {
+            action: AlarmAction::Get as i32,
+            member_id: 0,
+            alarm: AlarmType::None as i32,
+        };
+        self.client
+            .call(Retry::Safe, request, |channel, request| async move {
+                MaintenanceClient::new(channel).alarm(request).await
+            })
+            .await
+    }
+
+    /// Clears every raised alarm, as `etcdctl alarm disarm`; returns those it cleared.
+    pub async fn alarm_disarm(&self) -> Result<Vec<AlarmMember>, Error> {
+        let raised = self.alarm_list().await?.alarms;
+        for a in &raised {
+            let request = AlarmRequest {
+                action: AlarmAction::Deactivate as i32,
+                member_id: a.member_id,
+                alarm: a.alarm,
+            };
+            self.client
+                .call(Retry::Safe, request, |channel, request| async move {
+                    MaintenanceClient::new(channel).alarm(request).await
+                })
+                .await?;
+        }
+        Ok(raised)
     }
 
     /// The crc32 of the MVCC history up to `revision` (0: the newest) on the member at

@@ -38,6 +38,7 @@ use raft::prelude::{ConfChange, ConfState, Entry, EntryType, SnapshotMetadata};
 use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::watch;
 
+use crate::alarm::Alarms;
 use crate::error::ServerError;
 use crate::kv_ops::{self, KvError};
 use crate::lease::Lessor;
@@ -59,6 +60,8 @@ pub enum ApplyOutput {
     LeaseRevoke(LeaseRevokeResponse),
     /// A membership change: the member table after it.
     Members(Vec<MemberRecord>),
+    /// An alarm raised or cleared: the alarms after it.
+    Alarms(Vec<conclave_proto::etcdserverpb::AlarmMember>),
     /// Checkpoints and member attributes: nothing to report.
     Done,
 }
@@ -76,6 +79,7 @@ pub struct Applier {
     pub lessor: Arc<Lessor>,
     pub hub: Arc<WatchHub>,
     pub membership: Arc<Membership>,
+    pub alarms: Arc<Alarms>,
     pub log: RaftLog,
     pub waiters: Arc<Waiters>,
     pub applied: watch::Sender<u64>,
@@ -189,6 +193,7 @@ impl Applier {
         self.store.reload().map_err(mvcc_storage)?;
         self.lessor.reload(&self.db, &self.store)?;
         self.membership.reload(&self.db)?;
+        self.alarms.reload(&self.db)?;
         self.hub.restored(&self.store, self.store.revision());
         self.applied.send_replace(meta.index);
         crate::metrics::inc(&crate::metrics::get().snapshots_installed);
@@ -235,6 +240,9 @@ impl Applier {
                 self.lessor.checkpoint(txn, &r.checkpoints)?;
                 return Ok(Ok(ApplyOutput::Done));
             }
+            Op::Alarm(r) => {
+                return Ok(Ok(ApplyOutput::Alarms(self.alarms.apply(txn, r)?)));
+            }
             Op::MemberUpdate(m) => {
                 let change = Change::Update {
                     id: m.id,
@@ -262,9 +270,11 @@ impl Applier {
                 }),
                 Err(e) => Err(KvError::Rejected(e)),
             },
-            Op::Publish(_) | Op::LeaseGrant(_) | Op::LeaseCheckpoint(_) | Op::MemberUpdate(_) => {
-                Ok(ApplyOutput::Done)
-            }
+            Op::Publish(_)
+            | Op::LeaseGrant(_)
+            | Op::LeaseCheckpoint(_)
+            | Op::MemberUpdate(_)
+            | Op::Alarm(_) => Ok(ApplyOutput::Done),
         };
         let done = w.finish();
         if !done.events.is_empty() {

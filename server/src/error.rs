@@ -66,6 +66,8 @@ pub enum ServerError {
     /// A membership change while another one is not applied yet (raft-rs allows one at a time).
     #[error("etcdserver: unhealthy cluster")]
     Unhealthy,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     #[error("etcdserver: not capable")]
     NotCapable,
     /// The member's storage failed; the member is stopping.

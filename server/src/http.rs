@@ -38,6 +38,11 @@ async fn unready(ctx: &Context) -> Option<String> {
     if ctx.node.status().leader == 0 {
         return Some("no leader".into());
     }
+    if let Some(a) = ctx.alarms.list().first() {
+        let kind = conclave_proto::etcdserverpb::AlarmType::try_from(a.alarm)
+            .map_or("UNKNOWN", |t| t.as_str_name());
+        return Some(format!("ALARM {kind}"));
+    }
     match tokio::time::timeout(CHECK_TIMEOUT, ctx.node.read_barrier()).await {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(format!("linearizable read failed: {e}")),
@@ -151,6 +156,24 @@ async fn render_metrics(State(ctx): State<Arc<Context>>) -> Response {
         "etcd_mvcc_db_total_size_in_bytes",
         "Size of the database file.",
         storage::file_size(&ctx.data_dir),
+    );
+    metrics::gauge(
+        &mut out,
+        "etcd_mvcc_db_total_size_in_use_in_bytes",
+        "Stored key-value history (what the space quota measures).",
+        ctx.store.stored_bytes(),
+    );
+    metrics::gauge(
+        &mut out,
+        "etcd_server_quota_backend_bytes",
+        "The space quota.",
+        ctx.limits.quota_bytes,
+    );
+    metrics::gauge(
+        &mut out,
+        "conclave_alarms",
+        "Raised alarms.",
+        ctx.alarms.list().len(),
     );
     metrics::gauge(
         &mut out,

@@ -1,6 +1,7 @@
 //! Conclave server library: an etcd-v3-compatible coordination service, replicated with raft-rs and
 //! stored in redb. `main.rs` is a thin wrapper around [`server::run`].
 
+pub mod alarm;
 pub mod api;
 pub mod apply;
 pub mod config;

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::server::TcpIncoming;
 
+use crate::alarm::{self, Alarms};
 use crate::api::cluster::{ClusterForwardService, ClusterService};
 use crate::api::kv::KvService;
 use crate::api::leader::PeerChannels;
@@ -173,6 +174,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     );
     let election_timeout = settings.heartbeat * settings.election_ticks as u32;
     let lessor = Arc::new(Lessor::open(&db, &store, lease::min_ttl(election_timeout))?);
+    let alarms = Arc::new(Alarms::open(&db)?);
     let applied_index = storage::read_meta(&db, META_APPLIED_INDEX)?;
     let members = membership.list();
     // Only the members of a new cluster store the initial voters; a joining member learns them
@@ -245,6 +247,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         lessor: lessor.clone(),
         hub: hub.clone(),
         membership: membership.clone(),
+        alarms: alarms.clone(),
         log: log_handle,
         waiters,
         applied: applied_tx,
@@ -263,15 +266,25 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         },
         stop_rx.clone(),
     ));
+    tokio::spawn(alarm::auto_clear(
+        node.clone(),
+        alarms.clone(),
+        store.clone(),
+        settings.quota_backend_bytes,
+        settings.max_request_bytes,
+        stop_rx.clone(),
+    ));
     let ctx = Arc::new(Context {
         node: node.clone(),
         store,
         lessor,
         hub: hub.clone(),
         membership: membership.clone(),
+        alarms,
         limits: Limits {
             max_request_bytes: settings.max_request_bytes,
             max_txn_ops: settings.max_txn_ops,
+            quota_bytes: settings.quota_backend_bytes,
         },
         data_dir: settings.data_dir.clone(),
         request_timeout: settings.request_timeout(),

@@ -55,6 +55,9 @@ impl Kv for KvService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = req.into_inner();
         validate::put(&req)?;
+        self.ctx
+            .check_space(req.key.len() + req.value.len())
+            .await?;
         match self.propose(Op::Put(req)).await? {
             ApplyOutput::Put(mut resp) => {
                 self.ctx.fill(&mut resp.header);
@@ -82,6 +85,10 @@ impl Kv for KvService {
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = req.into_inner();
         validate::txn(&req, self.ctx.limits.max_txn_ops)?;
+        let added = validate::put_bytes(&req);
+        if added > 0 {
+            self.ctx.check_space(added).await?;
+        }
         match self.propose(Op::Txn(req)).await? {
             ApplyOutput::Txn(mut resp) => {
                 self.ctx.fill(&mut resp.header);

@@ -1,8 +1,9 @@
 //! etcdserverpb.Maintenance: Status with real values (etcdctl and clients use it to find members and
 //! the leader), MoveLeader, Hash and HashKV (crc32, identical on every member at the same state),
 //! and Snapshot: a consistent backup streamed from one read transaction, with its exact length
-//! announced (`remaining_bytes`) and a checksum at its end (see `storage::backup`). Alarms and
-//! defragmentation answer `Unimplemented` until they are built.
+//! announced (`remaining_bytes`) and a checksum at its end (see `storage::backup`), and Alarm
+//! (see `alarm`). Status reports raised alarms in `errors` and the stored history (what the
+//! space quota measures) as `dbSizeInUse`. Defragmentation answers `Unimplemented`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,8 +20,12 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use super::Context;
+use crate::apply::ApplyOutput;
 use crate::error::ServerError;
 use crate::storage::{self, MVCC, StorageError, backup, snapshot};
+use conclave_proto::conclave::internal::v1::raft_command::Op;
+use conclave_proto::etcdserverpb::AlarmType;
+use conclave_proto::etcdserverpb::alarm_request::AlarmAction;
 
 /// Size of one Snapshot response's blob.
 const BACKUP_CHUNK: usize = 1024 * 1024;
@@ -91,8 +96,23 @@ type SnapshotChunks = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, _: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        Err(not_yet("Alarm"))
+    /// GET lists the raised alarms; ACTIVATE and DEACTIVATE go through raft.
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let req = req.into_inner();
+        let alarms = if req.action == AlarmAction::Get as i32 {
+            self.ctx.node.read_barrier().await?;
+            self.ctx.alarms.list()
+        } else {
+            let max = self.ctx.limits.max_request_bytes;
+            match self.ctx.node.propose(Op::Alarm(req), max).await? {
+                ApplyOutput::Alarms(list) => list,
+                other => return Err(super::kv::unexpected(&other)),
+            }
+        };
+        Ok(Response::new(AlarmResponse {
+            header: Some(self.ctx.header(0)),
+            alarms,
+        }))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -111,8 +131,20 @@ impl Maintenance for MaintenanceService {
             raft_index: raft.commit,
             raft_term: raft.term,
             raft_applied_index: self.ctx.node.applied_index(),
-            errors: Vec::new(),
-            db_size_in_use: db_size,
+            errors: self
+                .ctx
+                .alarms
+                .list()
+                .iter()
+                .map(|a| {
+                    format!(
+                        "memberID:{} alarm:{}",
+                        a.member_id,
+                        AlarmType::try_from(a.alarm).map_or("UNKNOWN", |t| t.as_str_name())
+                    )
+                })
+                .collect(),
+            db_size_in_use: self.ctx.store.stored_bytes() as i64,
             is_learner,
         }))
     }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use conclave_proto::etcdserverpb::ResponseHeader;
 
+use crate::alarm::{self, Alarms};
 use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::mvcc::Store;
@@ -29,6 +30,8 @@ use crate::watch::WatchHub;
 pub struct Limits {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// `--quota-backend-bytes`: the most history stored before NOSPACE.
+    pub quota_bytes: u64,
 }
 
 /// What every service needs of the member.
@@ -38,6 +41,7 @@ pub struct Context {
     pub lessor: Arc<Lessor>,
     pub hub: Arc<WatchHub>,
     pub membership: Arc<Membership>,
+    pub alarms: Arc<Alarms>,
     pub limits: Limits,
     pub data_dir: PathBuf,
     /// How long a request may wait for raft before answering "timed out".
@@ -75,6 +79,37 @@ impl Context {
     /// The member's database.
     pub fn store_db(&self) -> Arc<redb::Database> {
         self.store.db()
+    }
+
+    /// Refuses a write that adds `incoming` bytes of data while NOSPACE is raised, or that would
+    /// take the history over the quota (and raises NOSPACE then, as etcd does).
+    pub async fn check_space(&self, incoming: usize) -> Result<(), tonic::Status> {
+        use conclave_proto::conclave::internal::v1::raft_command::Op;
+        use conclave_proto::etcdserverpb::{AlarmRequest, AlarmType, alarm_request::AlarmAction};
+        if self.alarms.has(AlarmType::Nospace) {
+            return Err(crate::error::ServerError::NoSpace.into());
+        }
+        if !alarm::over_quota(&self.store, self.limits.quota_bytes, incoming) {
+            return Ok(());
+        }
+        tracing::warn!(
+            stored_bytes = self.store.stored_bytes(),
+            quota = self.limits.quota_bytes,
+            "space quota exceeded: raising NOSPACE"
+        );
+        let raise = Op::Alarm(AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: self.node.member_id,
+            alarm: AlarmType::Nospace as i32,
+        });
+        if let Err(e) = self
+            .node
+            .propose(raise, self.limits.max_request_bytes)
+            .await
+        {
+            tracing::warn!(error = %e, "could not raise NOSPACE");
+        }
+        Err(crate::error::ServerError::NoSpace.into())
     }
 
     /// A fresh lease id for a grant that left it to the server: positive, not in use.

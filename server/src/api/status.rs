@@ -32,6 +32,7 @@ impl From<ServerError> for Status {
             | ServerError::TooManyLearners
             | ServerError::NotSupportedForLearner => Code::FailedPrecondition,
             ServerError::LeaseNotFound | ServerError::MemberNotFound => Code::NotFound,
+            ServerError::NoSpace => Code::ResourceExhausted,
             ServerError::NoLeader
             | ServerError::Timeout
             | ServerError::Stopped
@@ -139,6 +140,11 @@ mod tests {
                 ServerError::NotSupportedForLearner,
                 Code::FailedPrecondition,
                 "etcdserver: rpc not supported for learner",
+            ),
+            (
+                ServerError::NoSpace,
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
             ),
             (
                 ServerError::MemberBadUrls,

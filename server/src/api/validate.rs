@@ -51,6 +51,20 @@ pub fn txn(r: &TxnRequest, max_ops: usize) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Bytes of keys and values a Txn may put, on either branch (0: it puts nothing, and is not
+/// subject to the space quota).
+pub fn put_bytes(r: &TxnRequest) -> usize {
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .map(|op| match &op.request {
+            Some(Request::RequestPut(p)) => p.key.len() + p.value.len(),
+            Some(Request::RequestTxn(t)) => put_bytes(t),
+            _ => 0,
+        })
+        .sum()
+}
+
 fn txn_ops(r: &TxnRequest, max_ops: usize) -> Result<(), ServerError> {
     if r.compare.len() > max_ops || r.success.len() > max_ops || r.failure.len() > max_ops {
         return Err(ServerError::TooManyOps);

@@ -116,6 +116,13 @@ struct Index {
     /// Newest revision written (may be ahead of `Store::published` while a batch is applied).
     current: i64,
     compacted: i64,
+    /// Bytes of the history stored (row keys and values): what the space quota measures.
+    stored_bytes: u64,
+}
+
+/// What one MVCC row counts for in the space quota.
+fn row_bytes(value_len: usize) -> u64 {
+    16 + value_len as u64
 }
 
 /// The MVCC store of one member.
@@ -209,9 +216,11 @@ fn load_index(db: &Database) -> MvccResult<Index> {
         .unwrap_or(0);
     let mut keys: BTreeMap<Vec<u8>, KeyHistory> = BTreeMap::new();
     let mut current = INITIAL_REVISION.max(compacted);
+    let mut stored_bytes = 0;
     let table = txn.open_table(MVCC)?;
     for row in table.iter()? {
         let (k, v) = row?;
+        stored_bytes += row_bytes(v.value().len());
         let (main, sub) = k.value();
         let rev = Revision::new(main as i64, sub as i64);
         let (kind, kv) = decode_row(v.value())?;
@@ -231,6 +240,7 @@ fn load_index(db: &Database) -> MvccResult<Index> {
         keys,
         current,
         compacted,
+        stored_bytes,
     })
 }
 
@@ -244,6 +254,12 @@ impl Store {
             index: RwLock::new(index),
             published: AtomicI64::new(current),
         })
+    }
+
+    /// Bytes of history stored (what the space quota measures); identical on every member at
+    /// the same revision.
+    pub fn stored_bytes(&self) -> u64 {
+        self.read_index().stored_bytes
     }
 
     /// The database the store lives in.
@@ -511,8 +527,9 @@ impl Writer<'_, '_> {
             value,
             lease,
         };
-        self.table
-            .insert(row_key(rev), encode_row(KIND_PUT, &kv).as_slice())?;
+        let row = encode_row(KIND_PUT, &kv);
+        self.index.stored_bytes += row_bytes(row.len());
+        self.table.insert(row_key(rev), row.as_slice())?;
         self.sub += 1;
         self.events.push(Event {
             r#type: EventType::Put as i32,
@@ -536,8 +553,9 @@ impl Writer<'_, '_> {
                 mod_revision: rev.main,
                 ..Default::default()
             };
-            self.table
-                .insert(row_key(rev), encode_row(KIND_TOMBSTONE, &tomb).as_slice())?;
+            let row = encode_row(KIND_TOMBSTONE, &tomb);
+            self.index.stored_bytes += row_bytes(row.len());
+            self.table.insert(row_key(rev), row.as_slice())?;
             self.sub += 1;
             self.events.push(Event {
                 r#type: EventType::Delete as i32,
@@ -561,9 +579,15 @@ impl Writer<'_, '_> {
             .keys
             .retain(|_, history| !history.compact(at, &mut keep));
         let upper = (at as u64, u64::MAX);
-        self.table.retain_in(..=upper, |(main, sub), _| {
-            keep.contains(&Revision::new(main as i64, sub as i64))
+        let mut freed = 0;
+        self.table.retain_in(..=upper, |(main, sub), value| {
+            let kept = keep.contains(&Revision::new(main as i64, sub as i64));
+            if !kept {
+                freed += row_bytes(value.len());
+            }
+            kept
         })?;
+        self.index.stored_bytes = self.index.stored_bytes.saturating_sub(freed);
         self.index.compacted = at;
         self.txn
             .open_table(META)?

@@ -24,6 +24,8 @@ pub const MVCC: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("mvcc"
 pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 /// Ids of members removed from the cluster (their messages are refused, so they learn it).
 pub const REMOVED_MEMBERS: TableDefinition<u64, ()> = TableDefinition::new("removed_members");
+/// Raised alarms: (member id, etcd AlarmType).
+pub const ALARMS: TableDefinition<(u64, i32), ()> = TableDefinition::new("alarms");
 /// Leases: id -> (granted TTL, checkpointed remaining TTL; 0 = none), both in seconds.
 pub const LEASES: TableDefinition<i64, (i64, i64)> = TableDefinition::new("leases");
 /// Small counters: schema version, applied index, compacted revision, identity.
@@ -55,6 +57,7 @@ pub fn open(data_dir: &Path) -> StorageResult<Arc<Database>> {
         txn.open_table(MVCC)?;
         txn.open_table(MEMBERS)?;
         txn.open_table(REMOVED_MEMBERS)?;
+        txn.open_table(ALARMS)?;
         txn.open_table(LEASES)?;
         let mut meta = txn.open_table(META)?;
         let found = meta.get(META_SCHEMA)?.map(|v| v.value());

@@ -27,7 +27,8 @@ use prost::Message as _;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::{
-    LEASES, MEMBERS, META, META_COMPACTED_REV, MVCC, REMOVED_MEMBERS, StorageError, StorageResult,
+    ALARMS, LEASES, MEMBERS, META, META_COMPACTED_REV, MVCC, REMOVED_MEMBERS, StorageError,
+    StorageResult,
 };
 
 /// Size of one chunk on the wire.
@@ -89,6 +90,14 @@ pub fn write_rows(txn: &ReadTransaction, out: &mut impl Write) -> StorageResult<
     for row in txn.open_table(REMOVED_MEMBERS)?.iter()? {
         let (id, _) = row?;
         write_row(out, Row::RemovedMember(id.value()))?;
+    }
+    for row in txn.open_table(ALARMS)?.iter()? {
+        let (k, _) = row?;
+        let (member_id, alarm) = k.value();
+        write_row(
+            out,
+            Row::Alarm(conclave_proto::etcdserverpb::AlarmMember { member_id, alarm }),
+        )?;
     }
     for row in txn.open_table(LEASES)?.iter()? {
         let (id, v) = row?;
@@ -171,7 +180,9 @@ pub fn load(
     if with_members {
         txn.delete_table(MEMBERS)?;
         txn.delete_table(REMOVED_MEMBERS)?;
+        txn.delete_table(ALARMS)?;
     }
+    let mut alarms = txn.open_table(ALARMS)?;
     let mut mvcc = txn.open_table(MVCC)?;
     let mut members = txn.open_table(MEMBERS)?;
     let mut removed = txn.open_table(REMOVED_MEMBERS)?;
@@ -191,6 +202,11 @@ pub fn load(
             Some(Row::RemovedMember(id)) => {
                 if with_members {
                     removed.insert(id, ())?;
+                }
+            }
+            Some(Row::Alarm(a)) => {
+                if with_members {
+                    alarms.insert((a.member_id, a.alarm), ())?;
                 }
             }
             Some(Row::Lease(l)) => {
