@@ -96,6 +96,10 @@ pub struct Flags {
     /// from the log; one further behind receives a snapshot (etcd's flag and default).
     #[arg(long, default_value_t = 5000)]
     pub experimental_snapshot_catchup_entries: u64,
+    /// How often the leader compares the members' HashKV and raises CORRUPT on a mismatch
+    /// (0 turns the check off).
+    #[arg(long, default_value = "5m")]
+    pub experimental_corrupt_check_time: String,
     /// A watch stream whose client reads nothing for this long is ended with an error.
     #[arg(long, default_value = "30s")]
     pub watch_slow_consumer_timeout: String,
@@ -132,6 +136,8 @@ pub struct Settings {
     pub watch_progress_notify_interval: Duration,
     pub lease_checkpoint_interval: Duration,
     pub snapshot_catchup_entries: u64,
+    /// `None`: no periodic corruption check.
+    pub corrupt_check: Option<Duration>,
     pub watch_slow_consumer_timeout: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -213,6 +219,7 @@ fn merge(cli: Flags, file: Flags, m: &ArgMatches) -> Flags {
         experimental_watch_progress_notify_interval,
         experimental_lease_checkpoint_interval,
         experimental_snapshot_catchup_entries,
+        experimental_corrupt_check_time,
         watch_slow_consumer_timeout,
         log_level,
         log_format
@@ -360,6 +367,10 @@ impl Flags {
                 &self.experimental_lease_checkpoint_interval,
             )?,
             snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
+            corrupt_check: parse_optional_duration(
+                "experimental-corrupt-check-time",
+                &self.experimental_corrupt_check_time,
+            )?,
             watch_slow_consumer_timeout: parse_duration(
                 "watch-slow-consumer-timeout",
                 &self.watch_slow_consumer_timeout,
@@ -371,6 +382,17 @@ impl Flags {
 }
 
 /// A positive duration written as a number and a unit: `500ms`, `30s`, `10m`, `1h`.
+/// Like [`parse_duration`], but `0` (with or without a unit) means "off".
+fn parse_optional_duration(flag: &str, text: &str) -> Result<Option<Duration>, ConfigError> {
+    let digits = text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if !digits.is_empty() && digits.chars().all(|c| c == '0') {
+        return Ok(None);
+    }
+    parse_duration(flag, text).map(Some)
+}
+
 fn parse_duration(flag: &str, text: &str) -> Result<Duration, ConfigError> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());

@@ -68,6 +68,8 @@ pub enum ServerError {
     Unhealthy,
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     #[error("etcdserver: not capable")]
     NotCapable,
     /// The member's storage failed; the member is stopping.

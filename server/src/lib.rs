@@ -5,6 +5,7 @@ pub mod alarm;
 pub mod api;
 pub mod apply;
 pub mod config;
+pub mod corrupt;
 pub mod error;
 pub mod http;
 pub mod kv_ops;

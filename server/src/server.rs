@@ -274,6 +274,16 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         settings.max_request_bytes,
         stop_rx.clone(),
     ));
+    if let Some(every) = settings.corrupt_check {
+        let checker = crate::corrupt::Checker {
+            node: node.clone(),
+            store: store.clone(),
+            membership: membership.clone(),
+            alarms: alarms.clone(),
+            max_request_bytes: settings.max_request_bytes,
+        };
+        tokio::spawn(checker.run(every, stop_rx.clone()));
+    }
     let ctx = Arc::new(Context {
         node: node.clone(),
         store,

@@ -26,6 +26,7 @@ impl KvService {
 
     async fn propose(&self, op: Op) -> Result<ApplyOutput, Status> {
         self.ctx.refuse_learner()?;
+        self.ctx.refuse_if_corrupt()?;
         Ok(self
             .ctx
             .node

@@ -141,6 +141,7 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         self.ctx.refuse_learner()?;
         let mut req = req.into_inner();
+        self.ctx.refuse_if_corrupt()?;
         // A lease takes a little space too (etcd counts it against the quota as well).
         self.ctx.check_space(64).await?;
         if req.ttl > MAX_LEASE_TTL {

@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 use super::Context;
 use crate::apply::ApplyOutput;
 use crate::error::ServerError;
-use crate::storage::{self, MVCC, StorageError, backup, snapshot};
+use crate::storage::{self, StorageError, backup, snapshot};
 use conclave_proto::conclave::internal::v1::raft_command::Op;
 use conclave_proto::etcdserverpb::AlarmType;
 use conclave_proto::etcdserverpb::alarm_request::AlarmAction;
@@ -190,21 +190,10 @@ impl Maintenance for MaintenanceService {
         }
         let upto = if revision > 0 { revision } else { newest };
         let db = self.ctx.store_db();
-        let hash = tokio::task::spawn_blocking(move || -> Result<u32, StorageError> {
-            let txn = db.begin_read()?;
-            let mut hasher = crc32fast::Hasher::new();
-            for row in txn.open_table(MVCC)?.range(..=(upto as u64, u64::MAX))? {
-                let (k, v) = row?;
-                let (main, sub) = k.value();
-                hasher.update(&main.to_be_bytes());
-                hasher.update(&sub.to_be_bytes());
-                hasher.update(v.value());
-            }
-            Ok(hasher.finalize())
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(storage_status)?;
+        let hash = tokio::task::spawn_blocking(move || storage::hash_kv(&db, upto))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(storage_status)?;
         Ok(Response::new(HashKvResponse {
             header: Some(self.ctx.header(upto)),
             hash,

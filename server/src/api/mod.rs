@@ -81,6 +81,15 @@ impl Context {
         self.store.db()
     }
 
+    /// Refuses writes while a CORRUPT alarm is raised (as etcd: "corrupt cluster").
+    pub fn refuse_if_corrupt(&self) -> Result<(), tonic::Status> {
+        use conclave_proto::etcdserverpb::AlarmType;
+        if self.alarms.has(AlarmType::Corrupt) {
+            return Err(crate::error::ServerError::Corrupt.into());
+        }
+        Ok(())
+    }
+
     /// Refuses a write that adds `incoming` bytes of data while NOSPACE is raised, or that would
     /// take the history over the quota (and raises NOSPACE then, as etcd does).
     pub async fn check_space(&self, incoming: usize) -> Result<(), tonic::Status> {

@@ -33,6 +33,7 @@ impl From<ServerError> for Status {
             | ServerError::NotSupportedForLearner => Code::FailedPrecondition,
             ServerError::LeaseNotFound | ServerError::MemberNotFound => Code::NotFound,
             ServerError::NoSpace => Code::ResourceExhausted,
+            ServerError::Corrupt => Code::DataLoss,
             ServerError::NoLeader
             | ServerError::Timeout
             | ServerError::Stopped

@@ -85,6 +85,24 @@ pub fn read_meta(db: &Database, key: &str) -> StorageResult<u64> {
     Ok(table.get(key)?.map(|v| v.value()).unwrap_or(0))
 }
 
+/// crc32 of the MVCC rows up to revision `upto` (HashKV): identical on every member that applied
+/// the same history with the same compactions.
+pub fn hash_kv(db: &Database, upto: i64) -> StorageResult<u32> {
+    let txn = db.begin_read()?;
+    let mut hasher = crc32fast::Hasher::new();
+    for row in txn
+        .open_table(MVCC)?
+        .range(..=(upto.max(0) as u64, u64::MAX))?
+    {
+        let (k, v) = row?;
+        let (main, sub) = k.value();
+        hasher.update(&main.to_be_bytes());
+        hasher.update(&sub.to_be_bytes());
+        hasher.update(v.value());
+    }
+    Ok(hasher.finalize())
+}
+
 /// Size of the database file in bytes.
 pub fn file_size(data_dir: &Path) -> u64 {
     std::fs::metadata(data_dir.join(DB_FILE))

@@ -8,7 +8,7 @@ mod t40_watch;
 mod t50_lease;
 mod t60_membership;
 mod t70_backup;
-mod t75_quota;
+mod t75_alarms;
 mod t80_http;
 mod t90_regressions;
 

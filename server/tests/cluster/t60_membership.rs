@@ -45,6 +45,21 @@ async fn caught_up(c: &Cluster, index: usize, prefix: &str, count: i64) {
     );
 }
 
+/// Waits until member `index`'s log contains `text` (a log line may follow the effect it reports).
+async fn log_says(c: &Cluster, index: usize, text: &str) -> bool {
+    let path = c.log_path(index).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if std::fs::read_to_string(&path).unwrap().contains(text) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
 async fn put_many(client: &Client, prefix: &str, range: std::ops::Range<u64>) {
     let mut tasks = Vec::new();
     for t in 0..16u64 {
@@ -140,9 +155,7 @@ async fn a_learner_joins_by_snapshot_votes_only_once_promoted() {
     c.restart(new).unwrap();
     caught_up(&c, new, "a/", 500).await;
     assert!(
-        std::fs::read_to_string(c.log_path(new).unwrap())
-            .unwrap()
-            .contains("installed snapshot"),
+        log_says(&c, new, "installed snapshot").await,
         "the learner was caught up by a snapshot"
     );
     // A learner serves serializable reads only.
@@ -353,9 +366,8 @@ async fn a_member_far_behind_is_caught_up_by_snapshot_and_restarts_from_it() {
 
     c.restart(behind).unwrap();
     caught_up(&c, behind, "s/", 3001).await;
-    let log = std::fs::read_to_string(c.log_path(behind).unwrap()).unwrap();
     assert!(
-        log.contains("installed snapshot"),
+        log_says(&c, behind, "installed snapshot").await,
         "caught up by snapshot; log:\n{}",
         c.log_tail(behind, 60).unwrap()
     );

@@ -1,6 +1,7 @@
-//! The space quota: NOSPACE raised when the history reaches `--quota-backend-bytes`, refusing
-//! writes on every member while deletes and compaction still work, and cleared by itself once
-//! compaction brings the history back under the quota; `alarm disarm` clears it too.
+//! Alarms. The space quota: NOSPACE raised when the history reaches `--quota-backend-bytes`,
+//! refusing writes on every member while deletes and compaction still work, and cleared by itself
+//! once compaction brings the history back under the quota; `alarm disarm` clears it too. The
+//! corruption check: CORRUPT for a member whose history differs from the majority's.
 
 // Helpers outside #[test] functions are test code too.
 #![allow(clippy::unwrap_used)]
@@ -119,4 +120,69 @@ async fn nospace_is_raised_at_the_quota_and_clears_itself_after_compaction() {
             .alarms
             .is_empty()
     );
+}
+
+/// A member whose stored history was altered behind raft's back is found by the periodic
+/// corruption check (HashKV against the majority), which raises CORRUPT: writes are refused.
+#[tokio::test]
+async fn the_corruption_check_flags_a_member_whose_history_was_altered() {
+    use prost::Message as _;
+    use redb::ReadableTable as _;
+    let c = ClusterBuilder::new(binary(), 3)
+        .args(["--experimental-corrupt-check-time", "1s"])
+        .start()
+        .await
+        .unwrap();
+    let leader = c.leader_index().await.unwrap();
+    let client = c.client(leader).await.unwrap();
+    for i in 0..20 {
+        client
+            .kv()
+            .put(format!("c/{i}"), "good", PutOptions::new())
+            .await
+            .unwrap();
+    }
+    let victim = (leader + 1) % 3;
+    let victim_id = c.member_id(victim).await.unwrap();
+    // Let it apply everything, then change one stored value while it is down.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.kill(victim).unwrap();
+    {
+        let db = conclave_server::storage::open(&c.data_dir(victim).unwrap()).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut mvcc = txn.open_table(conclave_server::storage::MVCC).unwrap();
+            let (key, row) = {
+                let (k, v) = mvcc.last().unwrap().unwrap();
+                (k.value(), v.value().to_vec())
+            };
+            let mut kv = conclave_proto::mvccpb::KeyValue::decode(&row[1..]).unwrap();
+            kv.value = b"evil".to_vec();
+            let mut altered = vec![row[0]];
+            kv.encode(&mut altered).unwrap();
+            mvcc.insert(key, altered.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    c.restart(victim).unwrap();
+
+    let flagged = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(r) = client.maintenance().alarm_list().await
+                && let Some(a) = r.alarms.first()
+            {
+                return (a.member_id, a.alarm);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("CORRUPT raised");
+    assert_eq!(flagged, (victim_id, 2), "CORRUPT for the altered member");
+    let err = client
+        .kv()
+        .put("after", "x", PutOptions::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("corrupt cluster"), "{err}");
 }
