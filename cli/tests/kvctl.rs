@@ -340,6 +340,11 @@ async fn snapshot_save_status_and_restore() {
         saved.starts_with(&format!("Snapshot saved at {file}")),
         "{saved}"
     );
+    if saved.contains("an etcd snapshot") {
+        // Against etcd (CI runs these tests on it too): saved by shape; its format is bbolt, which
+        // status and restore (Conclave's format) do not read.
+        return;
+    }
     let status = json(&kvctl(ep, &["snapshot", "status", file, "-w", "json"]));
     assert_eq!(status["revision"], 4, "{status}");
     assert_eq!(status["totalKey"], 2, "{status}");

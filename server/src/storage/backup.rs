@@ -188,6 +188,20 @@ pub fn verify(path: &Path) -> StorageResult<BackupInfo> {
     })
 }
 
+/// Whether the file at `path` starts like a Conclave backup (its header's magic), whatever the
+/// state of the rest. (An etcd server's Snapshot is a bbolt file instead.)
+pub fn is_conclave_backup(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let mut input = BufReader::new(file).take(4096);
+    read_frame(&mut input)
+        .ok()
+        .flatten()
+        .and_then(|f| BackupHeader::decode(f.as_slice()).ok())
+        .is_some_and(|h| h.magic == MAGIC)
+}
+
 /// The backup's data (without the trailer), buffered.
 fn open_body(path: &Path, len: u64) -> StorageResult<std::io::Take<BufReader<File>>> {
     Ok(BufReader::with_capacity(256 * 1024, File::open(path)?).take(len))
