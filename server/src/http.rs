@@ -221,27 +221,6 @@ async fn render_metrics(State(ctx): State<Arc<Context>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-/// gRPC code names, by number, as Prometheus' gRPC metrics label them.
-const CODES: [&str; 17] = [
-    "OK",
-    "Canceled",
-    "Unknown",
-    "InvalidArgument",
-    "DeadlineExceeded",
-    "NotFound",
-    "AlreadyExists",
-    "PermissionDenied",
-    "ResourceExhausted",
-    "FailedPrecondition",
-    "Aborted",
-    "OutOfRange",
-    "Unimplemented",
-    "Internal",
-    "Unavailable",
-    "DataLoss",
-    "Unauthenticated",
-];
-
 /// Counts gRPC calls by method and code, and times them to their response headers. A call that
 /// fails before answering carries its code in the headers (trailers-only); one that answers
 /// counts as OK (a stream's later end is not seen here).
@@ -253,9 +232,10 @@ pub async fn count_rpcs(req: Request, next: Next) -> Response {
     if !grpc {
         return next.run(req).await;
     }
-    let method = req.uri().path().to_string();
-    let m = metrics::get();
-    m.rpc_started(&method);
+    let Some(rpc) = metrics::get().rpc(req.uri().path()) else {
+        return next.run(req).await;
+    };
+    rpc.started();
     let started = Instant::now();
     let resp = next.run(req).await;
     let code = resp
@@ -263,8 +243,7 @@ pub async fn count_rpcs(req: Request, next: Next) -> Response {
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
-        .and_then(|n| CODES.get(n).copied())
-        .unwrap_or("OK");
-    m.rpc_handled(&method, code, started.elapsed());
+        .unwrap_or(0);
+    rpc.handled(code, started.elapsed());
     resp
 }

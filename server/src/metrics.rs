@@ -1,17 +1,70 @@
 //! Process-wide metrics, rendered in the Prometheus text format by `/metrics`.
 //!
-//! Contract: recording is lock-free on the hot paths (atomics; the per-RPC table takes a mutex
-//! only to find its row), never fails and never blocks a request. Counters only grow. Gauges that
+//! Contract: recording is lock-free (atomics in tables built once), allocates nothing, never fails
+//! and never blocks a request. Counters only grow. Gauges that
 //! mirror state owned elsewhere (raft indexes, database size, watchers) are not stored here: the
 //! HTTP layer reads them from their owners when rendering. Names follow etcd's where etcd has the
 //! same metric (`etcd_server_*`, `etcd_disk_*`, `etcd_mvcc_*`, `grpc_server_*`), so existing
 //! dashboards and alerts work; Conclave-only ones are `conclave_*`.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
+
+/// The gRPC methods served on the client port, counted one by one; anything else counts as
+/// `other`.
+const METHODS: &[&str] = &[
+    "/etcdserverpb.KV/Range",
+    "/etcdserverpb.KV/Put",
+    "/etcdserverpb.KV/DeleteRange",
+    "/etcdserverpb.KV/Txn",
+    "/etcdserverpb.KV/Compact",
+    "/etcdserverpb.Watch/Watch",
+    "/etcdserverpb.Lease/LeaseGrant",
+    "/etcdserverpb.Lease/LeaseRevoke",
+    "/etcdserverpb.Lease/LeaseKeepAlive",
+    "/etcdserverpb.Lease/LeaseTimeToLive",
+    "/etcdserverpb.Lease/LeaseLeases",
+    "/etcdserverpb.Cluster/MemberAdd",
+    "/etcdserverpb.Cluster/MemberRemove",
+    "/etcdserverpb.Cluster/MemberUpdate",
+    "/etcdserverpb.Cluster/MemberList",
+    "/etcdserverpb.Cluster/MemberPromote",
+    "/etcdserverpb.Maintenance/Alarm",
+    "/etcdserverpb.Maintenance/Status",
+    "/etcdserverpb.Maintenance/Defragment",
+    "/etcdserverpb.Maintenance/Hash",
+    "/etcdserverpb.Maintenance/HashKV",
+    "/etcdserverpb.Maintenance/Snapshot",
+    "/etcdserverpb.Maintenance/MoveLeader",
+    "/etcdserverpb.Maintenance/Downgrade",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/other/other",
+];
+
+/// gRPC code names, by number.
+pub const CODES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
 
 /// Upper bounds of the latency buckets, in seconds (etcd's disk histograms use 1 ms .. 8 s).
 const BUCKETS: [f64; 15] = [
@@ -69,11 +122,26 @@ impl Histogram {
 }
 
 /// One RPC's counters.
-struct Rpc {
-    started: u64,
-    /// Finished calls by gRPC code name.
-    handled: BTreeMap<String, u64>,
+pub struct Rpc {
+    started: AtomicU64,
+    /// Answered calls by gRPC code number.
+    handled: [AtomicU64; CODES.len()],
     latency: Histogram,
+}
+
+impl Rpc {
+    /// A call started.
+    pub fn started(&self) {
+        inc(&self.started);
+    }
+
+    /// A call answered with gRPC code number `code` after `elapsed`.
+    pub fn handled(&self, code: usize, elapsed: Duration) {
+        if let Some(c) = self.handled.get(code) {
+            inc(c);
+        }
+        self.latency.observe(elapsed);
+    }
 }
 
 /// Every metric this process records.
@@ -91,7 +159,7 @@ pub struct Metrics {
     pub apply_duration: Histogram,
     /// One durable append of the raft log (the fsync path).
     pub wal_fsync_duration: Histogram,
-    rpcs: Mutex<BTreeMap<String, Rpc>>,
+    rpcs: HashMap<&'static str, Rpc>,
 }
 
 /// The process's metrics.
@@ -109,7 +177,17 @@ pub fn get() -> &'static Metrics {
         snapshots_installed: AtomicU64::new(0),
         apply_duration: Histogram::new(),
         wal_fsync_duration: Histogram::new(),
-        rpcs: Mutex::new(BTreeMap::new()),
+        rpcs: METHODS
+            .iter()
+            .map(|m| {
+                let rpc = Rpc {
+                    started: AtomicU64::new(0),
+                    handled: [const { AtomicU64::new(0) }; CODES.len()],
+                    latency: Histogram::new(),
+                };
+                (*m, rpc)
+            })
+            .collect(),
     })
 }
 
@@ -119,25 +197,11 @@ pub fn inc(counter: &AtomicU64) {
 }
 
 impl Metrics {
-    /// A call to `method` (`/package.Service/Method`) started.
-    pub fn rpc_started(&self, method: &str) {
-        let mut rpcs = self.rpcs.lock().unwrap_or_else(|p| p.into_inner());
-        rpcs.entry(method.to_string())
-            .or_insert_with(|| Rpc {
-                started: 0,
-                handled: BTreeMap::new(),
-                latency: Histogram::new(),
-            })
-            .started += 1;
-    }
-
-    /// A call to `method` answered with `code` (a gRPC code name) after `elapsed`.
-    pub fn rpc_handled(&self, method: &str, code: &str, elapsed: Duration) {
-        let mut rpcs = self.rpcs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(rpc) = rpcs.get_mut(method) {
-            *rpc.handled.entry(code.to_string()).or_insert(0) += 1;
-            rpc.latency.observe(elapsed);
-        }
+    /// The counters of `method` (`/package.Service/Method`; an unknown one counts as other).
+    pub fn rpc(&self, method: &str) -> Option<&Rpc> {
+        self.rpcs
+            .get(method)
+            .or_else(|| self.rpcs.get("/other/other"))
     }
 
     /// The metrics recorded here, in the Prometheus text format (gauges come from elsewhere).
@@ -208,7 +272,12 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
             h.render(out, name, "");
         }
-        let rpcs = self.rpcs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rpcs: Vec<(&&str, &Rpc)> = self
+            .rpcs
+            .iter()
+            .filter(|(_, r)| r.started.load(Ordering::Relaxed) > 0)
+            .collect();
+        rpcs.sort_by_key(|(m, _)| **m);
         let _ = writeln!(
             out,
             "# HELP grpc_server_started_total RPCs started.\n# TYPE grpc_server_started_total counter"
@@ -218,7 +287,7 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "grpc_server_started_total{{grpc_service=\"{service}\",grpc_method=\"{name}\"}} {}",
-                rpc.started
+                rpc.started.load(Ordering::Relaxed)
             );
         }
         let _ = writeln!(
@@ -227,7 +296,11 @@ impl Metrics {
         );
         for (method, rpc) in rpcs.iter() {
             let (service, name) = split_method(method);
-            for (code, n) in &rpc.handled {
+            for (code, n) in CODES.iter().zip(&rpc.handled) {
+                let n = n.load(Ordering::Relaxed);
+                if n == 0 {
+                    continue;
+                }
                 let _ = writeln!(
                     out,
                     "grpc_server_handled_total{{grpc_service=\"{service}\",grpc_method=\"{name}\",grpc_code=\"{code}\"}} {n}"
@@ -280,8 +353,9 @@ mod tests {
         assert!(out.contains("x_count 3\n"), "{out}");
 
         let m = get();
-        m.rpc_started("/etcdserverpb.KV/Range");
-        m.rpc_handled("/etcdserverpb.KV/Range", "OK", Duration::from_millis(1));
+        let rpc = m.rpc("/etcdserverpb.KV/Range").unwrap();
+        rpc.started();
+        rpc.handled(0, Duration::from_millis(1));
         let mut out = String::new();
         m.render(&mut out);
         assert!(out.contains(

@@ -66,11 +66,7 @@ impl Context {
     /// Refuses what a learner does not serve (etcd: only serializable reads, status and the
     /// member list).
     pub fn refuse_learner(&self) -> Result<(), tonic::Status> {
-        if self
-            .membership
-            .get(self.node.member_id)
-            .is_some_and(|m| m.is_learner)
-        {
+        if self.membership.is_learner(self.node.member_id) {
             return Err(crate::error::ServerError::NotSupportedForLearner.into());
         }
         Ok(())

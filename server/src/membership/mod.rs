@@ -363,6 +363,15 @@ impl Membership {
             .collect()
     }
 
+    /// Whether member `id` is a learner (without copying its record: asked on every request).
+    pub fn is_learner(&self, id: u64) -> bool {
+        self.members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .is_some_and(|m| m.is_learner)
+    }
+
     /// One member.
     pub fn get(&self, id: u64) -> Option<MemberRecord> {
         self.members

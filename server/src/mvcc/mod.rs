@@ -10,7 +10,7 @@ mod key_index;
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use conclave_proto::mvccpb::{Event, KeyValue, event::EventType};
@@ -130,6 +130,9 @@ pub struct Store {
     db: Arc<Database>,
     index: RwLock<Index>,
     published: AtomicI64,
+    /// `Index::stored_bytes` as of the last finished request, readable without the index lock
+    /// (the quota check runs on every write request).
+    stored: AtomicU64,
 }
 
 fn corrupt(detail: impl ToString) -> MvccError {
@@ -249,17 +252,19 @@ impl Store {
     pub fn open(db: Arc<Database>) -> MvccResult<Store> {
         let index = load_index(&db)?;
         let current = index.current;
+        let stored = AtomicU64::new(index.stored_bytes);
         Ok(Store {
             db,
             index: RwLock::new(index),
             published: AtomicI64::new(current),
+            stored,
         })
     }
 
     /// Bytes of history stored (what the space quota measures); identical on every member at
     /// the same revision.
     pub fn stored_bytes(&self) -> u64 {
-        self.read_index().stored_bytes
+        self.stored.load(Ordering::Relaxed)
     }
 
     /// The database the store lives in.
@@ -272,6 +277,7 @@ impl Store {
     pub fn reload(&self) -> MvccResult<()> {
         let index = load_index(&self.db)?;
         let current = index.current;
+        self.stored.store(index.stored_bytes, Ordering::Relaxed);
         *self.write_index() = index;
         self.published.store(current, Ordering::Release);
         Ok(())
@@ -439,6 +445,7 @@ impl Store {
         let main = index.current + 1;
         Ok(Writer {
             index,
+            stored: &self.stored,
             table,
             txn,
             main,
@@ -452,6 +459,7 @@ impl Store {
 /// the writer see the request's own writes.
 pub struct Writer<'s, 't> {
     index: RwLockWriteGuard<'s, Index>,
+    stored: &'s AtomicU64,
     table: Table<'t, (u64, u64), &'static [u8]>,
     txn: &'t WriteTransaction,
     main: i64,
@@ -601,6 +609,8 @@ impl Writer<'_, '_> {
         if self.sub > 0 {
             self.index.current = self.main;
         }
+        self.stored
+            .store(self.index.stored_bytes, Ordering::Relaxed);
         Changes {
             revision: self.index.current,
             events: std::mem::take(&mut self.events),
