@@ -20,6 +20,7 @@ use conclave_proto::etcdserverpb::{
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 use tokio::sync::watch;
 
+use crate::error::ServerError;
 use crate::mvcc::Store;
 use crate::node::Node;
 use crate::storage::{ALARMS, StorageResult};
@@ -107,9 +108,43 @@ impl Alarms {
     }
 }
 
-/// Whether a write of `incoming` more bytes would take the history over `quota`.
-pub fn over_quota(store: &Store, quota: u64, incoming: usize) -> bool {
-    store.stored_bytes() + incoming as u64 > quota
+/// The space quota and the size limit of the command that raises NOSPACE.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub bytes: u64,
+    pub max_request_bytes: usize,
+}
+
+/// Admits a write that adds `incoming` bytes, or refuses it with `NoSpace`: while NOSPACE is
+/// raised, or when it would take the history over the quota (then it raises NOSPACE through raft
+/// first, as etcd does).
+pub async fn admit(
+    node: &Node,
+    store: &Store,
+    alarms: &Alarms,
+    quota: Quota,
+    incoming: usize,
+) -> Result<(), ServerError> {
+    if alarms.has(AlarmType::Nospace) {
+        return Err(ServerError::NoSpace);
+    }
+    if store.stored_bytes() + incoming as u64 <= quota.bytes {
+        return Ok(());
+    }
+    tracing::warn!(
+        stored_bytes = store.stored_bytes(),
+        quota = quota.bytes,
+        "space quota exceeded: raising NOSPACE"
+    );
+    let raise = Op::Alarm(AlarmRequest {
+        action: AlarmAction::Activate as i32,
+        member_id: node.member_id,
+        alarm: AlarmType::Nospace as i32,
+    });
+    if let Err(e) = node.propose(raise, quota.max_request_bytes).await {
+        tracing::warn!(error = %e, "could not raise NOSPACE");
+    }
+    Err(ServerError::NoSpace)
 }
 
 /// On the leader: clears NOSPACE once the history is back under the quota. Runs until `stop`.

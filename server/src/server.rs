@@ -386,9 +386,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         }
         Some(why) = fatal_rx.recv() => {
             if why.ends_with(&NodeError::Removed.to_string()) {
-                // Let the answer to the MemberRemove that removed this member go out.
+                // Requests in flight (a forwarded MemberRemove) are drained below.
                 tracing::warn!("this member was removed from the cluster; stopping");
-                tokio::time::sleep(Duration::from_millis(500)).await;
                 Err(RunError::Removed)
             } else {
                 tracing::error!(%why, "fatal error; stopping");
@@ -456,13 +455,7 @@ async fn hand_over_leadership(node: &Node) {
     let Ok(Some(progress)) = node.progress().await else {
         return;
     };
-    let successor = progress
-        .voters
-        .iter()
-        .filter(|v| **v != node.member_id && progress.active.get(v).copied().unwrap_or(false))
-        .max_by_key(|v| progress.matched.get(v).copied().unwrap_or(0))
-        .copied();
-    let Some(successor) = successor else {
+    let Some(successor) = progress.successor(node.member_id) else {
         return;
     };
     let started = Instant::now();

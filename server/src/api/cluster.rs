@@ -107,11 +107,7 @@ async fn change_here(ctx: &Context, change: Change) -> Result<Vec<MemberRecord>,
         && *id == ctx.node.member_id
     {
         let successor = progress
-            .voters
-            .iter()
-            .filter(|v| **v != *id && progress.active.get(v).copied().unwrap_or(false))
-            .max_by_key(|v| progress.matched.get(v).copied().unwrap_or(0))
-            .copied()
+            .successor(*id)
             .ok_or(ServerError::MemberNotEnoughStarted)?;
         tracing::info!(
             successor = format!("{successor:x}"),

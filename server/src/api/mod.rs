@@ -89,32 +89,11 @@ impl Context {
     /// Refuses a write that adds `incoming` bytes of data while NOSPACE is raised, or that would
     /// take the history over the quota (and raises NOSPACE then, as etcd does).
     pub async fn check_space(&self, incoming: usize) -> Result<(), tonic::Status> {
-        use conclave_proto::conclave::internal::v1::raft_command::Op;
-        use conclave_proto::etcdserverpb::{AlarmRequest, AlarmType, alarm_request::AlarmAction};
-        if self.alarms.has(AlarmType::Nospace) {
-            return Err(crate::error::ServerError::NoSpace.into());
-        }
-        if !alarm::over_quota(&self.store, self.limits.quota_bytes, incoming) {
-            return Ok(());
-        }
-        tracing::warn!(
-            stored_bytes = self.store.stored_bytes(),
-            quota = self.limits.quota_bytes,
-            "space quota exceeded: raising NOSPACE"
-        );
-        let raise = Op::Alarm(AlarmRequest {
-            action: AlarmAction::Activate as i32,
-            member_id: self.node.member_id,
-            alarm: AlarmType::Nospace as i32,
-        });
-        if let Err(e) = self
-            .node
-            .propose(raise, self.limits.max_request_bytes)
-            .await
-        {
-            tracing::warn!(error = %e, "could not raise NOSPACE");
-        }
-        Err(crate::error::ServerError::NoSpace.into())
+        let quota = alarm::Quota {
+            bytes: self.limits.quota_bytes,
+            max_request_bytes: self.limits.max_request_bytes,
+        };
+        Ok(alarm::admit(&self.node, &self.store, &self.alarms, quota, incoming).await?)
     }
 
     /// A fresh lease id for a grant that left it to the server: positive, not in use.

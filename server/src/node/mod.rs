@@ -77,6 +77,17 @@ enum Proposal {
     },
 }
 
+impl LeaderProgress {
+    /// The voter to hand leadership to instead of `leaving`: the most up-to-date active one.
+    pub fn successor(&self, leaving: u64) -> Option<u64> {
+        self.voters
+            .iter()
+            .filter(|v| **v != leaving && self.active.get(v).copied().unwrap_or(false))
+            .max_by_key(|v| self.matched.get(v).copied().unwrap_or(0))
+            .copied()
+    }
+}
+
 /// The leader's view of replication, for membership decisions.
 #[derive(Debug, Clone, Default)]
 pub struct LeaderProgress {

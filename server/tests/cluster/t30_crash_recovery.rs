@@ -264,7 +264,14 @@ async fn sigterm_of_the_leader_hands_over_and_loses_nothing() {
             unknown
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Terminate under writes: once some were acknowledged.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while acked.lock().unwrap().len() < 20 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("writes under way");
     let clean = c.terminate(leader, Duration::from_secs(15)).await.unwrap();
     assert!(clean, "the leader exits by itself on SIGTERM");
     assert!(

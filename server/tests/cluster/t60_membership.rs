@@ -178,14 +178,24 @@ async fn a_learner_joins_by_snapshot_votes_only_once_promoted() {
     assert_eq!(list.members.len(), 4);
     assert!(list.members.iter().all(|m| !m.is_learner));
     // Now a voter: it answers linearizable reads and takes writes, and it counts for the
-    // quorum: with two of the original members down, the cluster of four still has three.
+    // quorum. Remove one original follower and kill the other: the leader and the promoted
+    // member are two of three voters, a quorum only if the promoted member votes.
     let kv = c.client(new).await.unwrap().kv();
     kv.put("after/promotion", "1", PutOptions::new())
         .await
         .unwrap();
     let leader = c.leader_index().await.unwrap();
-    let down = (0..3).find(|i| *i != leader).unwrap();
-    c.kill(down).unwrap();
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let removed_id = c.member_id(followers[0]).await.unwrap();
+    c.client(leader)
+        .await
+        .unwrap()
+        .cluster()
+        .member_remove(removed_id)
+        .await
+        .unwrap();
+    assert!(c.wait_exit(followers[0], WAIT).await.unwrap());
+    c.kill(followers[1]).unwrap();
     kv.put("after/kill", "1", PutOptions::new()).await.unwrap();
     let got = kv
         .get("a/", GetOptions::new().with_prefix().with_count_only())
@@ -265,7 +275,15 @@ async fn grow_to_five_and_shrink_to_three_under_writes_loses_nothing() {
     admin.cluster().member_remove(other_id).await.unwrap();
     assert!(c.wait_exit(other, WAIT).await.unwrap());
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Writes go on in the shrunk cluster.
+    let shrunk = acked.load(Ordering::Relaxed);
+    let went_on = tokio::time::timeout(WAIT, async {
+        while acked.load(Ordering::Relaxed) < shrunk + 20 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(went_on.is_ok(), "writes stopped after the shrink");
     stop.store(true, Ordering::Relaxed);
     let failures = load.await.unwrap();
     let total = acked.load(Ordering::Relaxed);

@@ -144,8 +144,28 @@ async fn the_corruption_check_flags_a_member_whose_history_was_altered() {
     }
     let victim = (leader + 1) % 3;
     let victim_id = c.member_id(victim).await.unwrap();
-    // Let it apply everything, then change one stored value while it is down.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once it has applied everything, change one stored value while it is down.
+    let victim_kv = c.client(victim).await.unwrap().kv();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(r) = victim_kv
+                .get(
+                    "c/",
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_count_only()
+                        .with_serializable(),
+                )
+                .await
+                && r.count == 20
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the victim applied every write");
     c.kill(victim).unwrap();
     {
         let db = conclave_server::storage::open(&c.data_dir(victim).unwrap()).unwrap();
