@@ -33,9 +33,6 @@ use crate::node::LeaderProgress;
 
 /// Pause before asking again when the leader is unknown or just changed.
 const LEADER_RETRY: Duration = Duration::from_millis(100);
-/// How often, and how far apart, the strict reconfiguration check looks again before refusing.
-const ACTIVE_RECHECKS: usize = 10;
-const ACTIVE_RECHECK_PAUSE: Duration = Duration::from_millis(100);
 /// A learner may be promoted once it has this share of the leader's log (etcd's value).
 const LEARNER_READY: f64 = 0.9;
 
@@ -97,21 +94,11 @@ fn learner_ready(progress: &LeaderProgress, id: u64) -> bool {
 /// The leader's side of every change: checks, then proposes and waits for the table after it.
 async fn change_here(ctx: &Context, change: Change) -> Result<Vec<MemberRecord>, ServerError> {
     ctx.membership.check(&change)?;
-    let mut progress = ctx.node.progress().await?.ok_or(ServerError::NotLeader)?;
+    let progress = ctx.node.progress().await?.ok_or(ServerError::NotLeader)?;
     if let Change::Promote(id) = &change
         && !learner_ready(&progress, *id)
     {
         return Err(ServerError::LearnerNotReady);
-    }
-    // raft-rs clears every follower's "recently active" flag once per election timeout (check
-    // quorum); a live follower sets it again with its next answer. Ask again for a moment before
-    // calling a member down.
-    for _ in 0..ACTIVE_RECHECKS {
-        if enough_started(&progress, &change) {
-            break;
-        }
-        tokio::time::sleep(ACTIVE_RECHECK_PAUSE).await;
-        progress = ctx.node.progress().await?.ok_or(ServerError::NotLeader)?;
     }
     if !enough_started(&progress, &change) {
         return Err(ServerError::MemberNotEnoughStarted);

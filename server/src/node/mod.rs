@@ -425,6 +425,7 @@ pub fn create(
         leading: leading_tx,
         applied: parts.applied,
         reads_batch: ReadIndexBatch::default(),
+        heard: HashMap::new(),
     };
     Ok((node, driver))
 }
@@ -448,6 +449,10 @@ pub struct Driver {
     leading: watch::Sender<Option<u64>>,
     applied: watch::Receiver<u64>,
     reads_batch: ReadIndexBatch,
+    /// When each peer was last heard from. raft-rs's own "recently active" flag is cleared for
+    /// every follower once per election timeout (check quorum) and set again by its next answer,
+    /// so reading it can call a live follower down; this cannot.
+    heard: HashMap<u64, Instant>,
 }
 
 impl Driver {
@@ -559,17 +564,20 @@ impl Driver {
             voters: raft.prs().conf().voters().ids().iter().collect(),
             ..Default::default()
         };
+        let window = self.timing.tick * self.timing.election_ticks as u32;
         for (id, pr) in raft.prs().iter() {
             let me = *id == raft.id;
             view.matched
                 .insert(*id, if me { view.last_index } else { pr.matched });
-            view.active.insert(*id, me || pr.recent_active);
+            let recent = self.heard.get(id).is_some_and(|t| t.elapsed() < window);
+            view.active.insert(*id, me || recent);
         }
         view.voters.sort_unstable();
         Some(view)
     }
 
     fn step(&mut self, m: Message) {
+        self.heard.insert(m.from, Instant::now());
         if let Err(e) = self.raw.step(m) {
             tracing::debug!(error = %e, "raft refused a peer message");
         }
