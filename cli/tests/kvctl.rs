@@ -410,3 +410,36 @@ async fn alarm_list_and_disarm() {
     assert_eq!(ok(&kvctl(ep, &["alarm", "disarm"])), list);
     assert_eq!(ok(&kvctl(ep, &["alarm", "list"])), "");
 }
+
+/// `defrag` of the endpoints and of every member (`--cluster`), and a member that is down.
+#[tokio::test(flavor = "multi_thread")]
+async fn defrag_endpoints_and_cluster() {
+    let bin = locate_binary().expect("the conclave binary is built (cargo test --workspace)");
+    let c = Cluster::start(&bin, 1).await.unwrap();
+    let ep = c.client_endpoint(0);
+    let ep = ep.as_str();
+    ok(&kvctl(ep, &["put", "a", "1"]));
+    let done = ok(&kvctl(ep, &["defrag"]));
+    assert!(
+        done.starts_with(&format!("Finished defragmenting etcd member[{ep}]. took ")),
+        "{done}"
+    );
+    let all = json(&kvctl(ep, &["defrag", "--cluster", "-w", "json"]));
+    assert_eq!(all.as_array().map(Vec::len), Some(1), "{all}");
+    assert_eq!(ok(&kvctl(ep, &["get", "a", "--print-value-only"])), "1\n");
+
+    let down = format!(
+        "{ep},http://127.0.0.1:{}",
+        conclave_testkit::free_port().unwrap()
+    );
+    let out = kvctl(
+        &down,
+        &["defrag", "--dial-timeout", "1", "--command-timeout", "1"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Failed to defragment etcd member[")
+            && stdout(&out).starts_with("Finished defragmenting etcd member["),
+        "{out:?}"
+    );
+}

@@ -1,16 +1,16 @@
 //! Maintenance calls. `status` asks one member about itself (leader, raft indexes, db size); with
 //! no endpoint named it fails over like any read. `hash_kv` and `hash` fingerprint a member's state
 //! (equal on every member at the same revision). `snapshot` streams a backup from the first member
-//! that answers, without a deadline (a backup of a large database takes long). `move_leader` is the
-//! only call that changes cluster state: it finds the leader among the endpoints and asks it to hand
-//! over.
+//! that answers, without a deadline (a backup of a large database takes long). `defragment_on`
+//! compacts one member's database file (the member keeps serving). `move_leader` is the only call
+//! that changes cluster state: it finds the leader among the endpoints and asks it to hand over.
 
 use conclave_proto::etcdserverpb::alarm_request::AlarmAction;
 use conclave_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use conclave_proto::etcdserverpb::{
-    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, HashKvRequest, HashKvResponse,
-    HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
-    SnapshotResponse, StatusRequest, StatusResponse,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 
 use crate::client::{Client, Retry};
@@ -90,6 +90,21 @@ impl Maintenance {
                 HashKvRequest { revision },
                 |channel, request| async move {
                     MaintenanceClient::new(channel).hash_kv(request).await
+                },
+            )
+            .await
+    }
+
+    /// Defragments the database of the member at `endpoint` (within the request timeout: give a
+    /// large database a long one).
+    pub async fn defragment_on(&self, endpoint: &str) -> Result<DefragmentResponse, Error> {
+        self.client
+            .call_on(
+                endpoint,
+                Retry::Safe,
+                DefragmentRequest {},
+                |channel, request| async move {
+                    MaintenanceClient::new(channel).defragment(request).await
                 },
             )
             .await

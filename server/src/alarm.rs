@@ -200,7 +200,7 @@ mod tests {
     fn raise_clear_and_reload() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::storage::open(dir.path()).unwrap();
-        let alarms = Alarms::open(&db).unwrap();
+        let alarms = Alarms::open(&db.get()).unwrap();
         let txn = db.begin_write().unwrap();
         alarms
             .apply(&txn, &req(AlarmAction::Activate, 1, AlarmType::Nospace))
@@ -213,7 +213,7 @@ mod tests {
             .unwrap();
         txn.commit().unwrap();
         assert!(alarms.has(AlarmType::Nospace) && alarms.has(AlarmType::Corrupt));
-        assert_eq!(Alarms::open(&db).unwrap().list().len(), 3, "stored");
+        assert_eq!(Alarms::open(&db.get()).unwrap().list().len(), 3, "stored");
 
         // Member 0 = every member; only NOSPACE goes.
         let txn = db.begin_write().unwrap();
@@ -229,6 +229,6 @@ mod tests {
             .apply(&txn, &req(AlarmAction::Deactivate, 2, AlarmType::None))
             .unwrap();
         txn.commit().unwrap();
-        assert!(Alarms::open(&db).unwrap().list().is_empty());
+        assert!(Alarms::open(&db.get()).unwrap().list().is_empty());
     }
 }

@@ -35,7 +35,7 @@ use conclave_proto::mvccpb::Event;
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfState, Entry, EntryType, SnapshotMetadata};
-use redb::{Database, Durability, WriteTransaction};
+use redb::{Durability, WriteTransaction};
 use tokio::sync::watch;
 
 use crate::alarm::Alarms;
@@ -46,7 +46,7 @@ use crate::membership::{self, Change, Membership};
 use crate::mvcc::{KeyRange, Store};
 use crate::node::proposal::Waiters;
 use crate::storage::raft_log::RaftLog;
-use crate::storage::{META, META_APPLIED_INDEX, StorageError, StorageResult, snapshot};
+use crate::storage::{Db, META, META_APPLIED_INDEX, StorageError, StorageResult, snapshot};
 use crate::watch::WatchHub;
 
 /// What an applied command produced, for the member that proposed it.
@@ -74,7 +74,7 @@ pub type ConfApplier<'a> = dyn FnMut(&ConfChange) -> Result<ConfState, raft::Err
 
 /// The applier: the state machine's single writer, run by the raft task.
 pub struct Applier {
-    pub db: Arc<Database>,
+    pub db: Db,
     pub store: Arc<Store>,
     pub lessor: Arc<Lessor>,
     pub hub: Arc<WatchHub>,
@@ -191,9 +191,10 @@ impl Applier {
         self.log
             .install_snapshot(meta, |txn| snapshot::load_rows(txn, path))?;
         self.store.reload().map_err(mvcc_storage)?;
-        self.lessor.reload(&self.db, &self.store)?;
-        self.membership.reload(&self.db)?;
-        self.alarms.reload(&self.db)?;
+        let db = self.db.get();
+        self.lessor.reload(&db, &self.store)?;
+        self.membership.reload(&db)?;
+        self.alarms.reload(&db)?;
         self.hub.restored(&self.store, self.store.revision());
         self.applied.send_replace(meta.index);
         crate::metrics::inc(&crate::metrics::get().snapshots_installed);

@@ -72,6 +72,9 @@ pub enum ServerError {
     Corrupt,
     #[error("etcdserver: not capable")]
     NotCapable,
+    /// Compactions kept landing while the defragmentation copy was made (etcd has no such case).
+    #[error("conclave: defragmentation raced with compactions; try again")]
+    DefragRetry,
     /// The member's storage failed; the member is stopping.
     #[error("etcdserver: storage failure: {0}")]
     Storage(String),

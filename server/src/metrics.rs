@@ -159,6 +159,10 @@ pub struct Metrics {
     pub apply_duration: Histogram,
     /// One durable append of the raft log (the fsync path).
     pub wal_fsync_duration: Histogram,
+    /// One defragmentation, copy and swap.
+    pub defrag_duration: Histogram,
+    /// Writes held while a defragmentation's copy was caught up and swapped in.
+    pub defrag_pause: Histogram,
     rpcs: HashMap<&'static str, Rpc>,
 }
 
@@ -177,6 +181,8 @@ pub fn get() -> &'static Metrics {
         snapshots_installed: AtomicU64::new(0),
         apply_duration: Histogram::new(),
         wal_fsync_duration: Histogram::new(),
+        defrag_duration: Histogram::new(),
+        defrag_pause: Histogram::new(),
         rpcs: METHODS
             .iter()
             .map(|m| {
@@ -267,6 +273,16 @@ impl Metrics {
                 "etcd_disk_wal_fsync_duration_seconds",
                 "Durable raft log appends.",
                 &self.wal_fsync_duration,
+            ),
+            (
+                "etcd_disk_backend_defrag_duration_seconds",
+                "Defragmentations, from the start of the copy to the swap.",
+                &self.defrag_duration,
+            ),
+            (
+                "conclave_defrag_pause_seconds",
+                "Writes held while a defragmentation's copy was caught up and swapped in.",
+                &self.defrag_pause,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");

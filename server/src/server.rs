@@ -137,7 +137,8 @@ async fn ask_members(settings: &Settings) -> Result<(u64, Vec<MemberRecord>), Ru
 
 /// Runs a member until `shutdown` completes. Returns an error if it could not start or failed.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let db = storage::open(&settings.data_dir)?;
+    let handle = storage::open(&settings.data_dir)?;
+    let db = handle.get();
     let snapshot_dir = settings.data_dir.join("snap");
     snapshot::clear_dir(&snapshot_dir)?;
     let joining = settings.initial_cluster_state == ClusterState::Existing
@@ -162,10 +163,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         restarted = !fresh,
         "starting member"
     );
-    let log = RaftLog::open(db.clone())?;
+    let log = RaftLog::open(handle.clone())?;
     let log_handle = log.clone();
     let started = Instant::now();
-    let store = Arc::new(Store::open(db.clone())?);
+    let store = Arc::new(Store::open(handle.clone())?);
     tracing::info!(
         revision = store.revision(),
         keys = store.key_count(),
@@ -211,6 +212,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             request_timeout: settings.request_timeout(),
             waiters: waiters.clone(),
             applied: applied_rx,
+            db: handle.clone(),
+            data_dir: settings.data_dir.clone(),
             snapshot_dir: snapshot_dir.clone(),
         },
         &tokio::runtime::Handle::current(),
@@ -242,7 +245,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let (raft_stop_tx, raft_stop_rx) = watch::channel(false);
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(4);
     let applier = Applier {
-        db: db.clone(),
+        db: handle.clone(),
         store: store.clone(),
         lessor: lessor.clone(),
         hub: hub.clone(),

@@ -3,7 +3,8 @@
 //! and Snapshot: a consistent backup streamed from one read transaction, with its exact length
 //! announced (`remaining_bytes`) and a checksum at its end (see `storage::backup`), and Alarm
 //! (see `alarm`). Status reports raised alarms in `errors` and the stored history (what the
-//! space quota measures) as `dbSizeInUse`. Defragmentation answers `Unimplemented`.
+//! space quota measures) as `dbSizeInUse`. Defragment compacts this member's database file while it
+//! keeps serving (see `node::defrag`); learners may be defragmented too.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -153,7 +154,10 @@ impl Maintenance for MaintenanceService {
         &self,
         _: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(not_yet("Defragment"))
+        self.ctx.node.defragment().await?;
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.ctx.header(0)),
+        }))
     }
 
     /// crc32 of the whole state (history, leases, members) as of now on this member.

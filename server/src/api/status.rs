@@ -38,6 +38,7 @@ impl From<ServerError> for Status {
             | ServerError::Timeout
             | ServerError::Stopped
             | ServerError::NotCapable
+            | ServerError::DefragRetry
             | ServerError::LeaderTransferTimeout
             | ServerError::Unhealthy
             | ServerError::Storage(_) => Code::Unavailable,

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use conclave_proto::mvccpb::{Event, KeyValue, event::EventType};
-use redb::Database;
 use tokio::time::Instant;
 
 use super::*;
@@ -12,7 +11,7 @@ use crate::storage;
 
 struct Fixture {
     _dir: tempfile::TempDir,
-    db: Arc<Database>,
+    db: storage::Db,
     lessor: Lessor,
 }
 
@@ -299,7 +298,7 @@ async fn leases_survive_a_reopen_with_their_keys() {
     drop(store);
 
     let store = Store::open(db.clone()).unwrap();
-    let reopened = Lessor::open(&db, &store, 2).unwrap();
+    let reopened = Lessor::open(&db.get(), &store, 2).unwrap();
     let ttl = reopened.time_to_live(7, Instant::now(), true).unwrap();
     assert_eq!(ttl.granted_ttl, 30);
     assert_eq!(ttl.remaining, 12, "the checkpoint is kept");

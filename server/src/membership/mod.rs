@@ -487,7 +487,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::storage::open(dir.path()).unwrap();
         let (m, _) = Membership::join(
-            &db,
+            &db.get(),
             &["http://h:2".into()],
             7,
             vec![
@@ -548,7 +548,7 @@ mod tests {
             members: RwLock::new(BTreeMap::new()),
             removed: RwLock::new(BTreeSet::new()),
         };
-        m2.reload(&db).unwrap();
+        m2.reload(&db.get()).unwrap();
         assert!(m2.is_removed(1) && !m2.is_removed(2));
         assert_eq!(
             m2.check(&add(1, "http://h:9", false)),
@@ -569,7 +569,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::storage::open(dir.path()).unwrap();
         let err = Membership::join(
-            &db,
+            &db.get(),
             &["http://h:9".into()],
             7,
             vec![member(1, "http://h:1", false)],
@@ -593,16 +593,20 @@ mod tests {
                 peer_urls: vec!["http://127.0.0.1:2".into()],
             },
         ];
-        let (m, id, fresh) = Membership::open_or_bootstrap(&db, "n2", &initial, "tok").unwrap();
+        let (m, id, fresh) =
+            Membership::open_or_bootstrap(&db.get(), "n2", &initial, "tok").unwrap();
         assert!(fresh);
         assert_eq!(m.list().len(), 2);
         // A restart ignores the flags and keeps the stored identity.
-        let (m2, id2, fresh2) = Membership::open_or_bootstrap(&db, "n2", &[], "other").unwrap();
+        let (m2, id2, fresh2) =
+            Membership::open_or_bootstrap(&db.get(), "n2", &[], "other").unwrap();
         assert!(!fresh2);
         assert_eq!(id, id2);
         assert_eq!(m2.list().len(), 2);
         let err = Membership::open_or_bootstrap(
-            &crate::storage::open(tempfile::tempdir().unwrap().path()).unwrap(),
+            &crate::storage::open(tempfile::tempdir().unwrap().path())
+                .unwrap()
+                .get(),
             "n9",
             &initial,
             "tok",

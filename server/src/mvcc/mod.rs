@@ -17,7 +17,7 @@ use conclave_proto::mvccpb::{Event, KeyValue, event::EventType};
 use prost::Message as _;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 
-use crate::storage::{META, META_COMPACTED_REV, MVCC, StorageError};
+use crate::storage::{Db, META, META_COMPACTED_REV, MVCC, StorageError};
 pub use key_index::{KeyHistory, Revision};
 
 /// Errors of MVCC reads and compactions.
@@ -127,7 +127,7 @@ fn row_bytes(value_len: usize) -> u64 {
 
 /// The MVCC store of one member.
 pub struct Store {
-    db: Arc<Database>,
+    db: Db,
     index: RwLock<Index>,
     published: AtomicI64,
     /// `Index::stored_bytes` as of the last finished request, readable without the index lock
@@ -249,8 +249,8 @@ fn load_index(db: &Database) -> MvccResult<Index> {
 
 impl Store {
     /// Loads the store from the database, rebuilding the in-memory index from the MVCC table.
-    pub fn open(db: Arc<Database>) -> MvccResult<Store> {
-        let index = load_index(&db)?;
+    pub fn open(db: Db) -> MvccResult<Store> {
+        let index = load_index(&db.get())?;
         let current = index.current;
         let stored = AtomicU64::new(index.stored_bytes);
         Ok(Store {
@@ -269,13 +269,13 @@ impl Store {
 
     /// The database the store lives in.
     pub fn db(&self) -> Arc<Database> {
-        self.db.clone()
+        self.db.get()
     }
 
     /// Rebuilds the index after the database's MVCC table was replaced (a snapshot was installed)
     /// and publishes its newest revision.
     pub fn reload(&self) -> MvccResult<()> {
-        let index = load_index(&self.db)?;
+        let index = load_index(&self.db.get())?;
         let current = index.current;
         self.stored.store(index.stored_bytes, Ordering::Relaxed);
         *self.write_index() = index;

@@ -5,7 +5,7 @@ use super::*;
 /// A store in a temporary database (also used by `kv_ops` tests).
 pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    pub(crate) db: Arc<Database>,
+    pub(crate) db: crate::storage::Db,
     pub(crate) store: Store,
 }
 

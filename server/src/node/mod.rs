@@ -13,6 +13,7 @@
 //! (membership), `read_barrier` (linearizable reads through batched ReadIndex) and `progress`
 //! (the leader's view of its followers).
 
+pub mod defrag;
 mod logger;
 pub mod proposal;
 pub mod read_index;
@@ -34,7 +35,8 @@ use crate::apply::{Applier, ApplyOutcome};
 use crate::error::ServerError;
 use crate::membership::{self, Change};
 use crate::storage::raft_log::RaftLog;
-use crate::storage::{StorageError, snapshot};
+use crate::storage::{Db, StorageError, snapshot};
+use defrag::{DefragReply, DefragReport, Defragmenter};
 use proposal::Waiters;
 use read_index::{ReadIndexBatch, ReadWaiter};
 use transport::{PeerReport, Transport};
@@ -109,6 +111,7 @@ pub struct Node {
     peer_messages: mpsc::Sender<Message>,
     transfers: mpsc::Sender<u64>,
     progress: mpsc::Sender<oneshot::Sender<Option<LeaderProgress>>>,
+    defrags: mpsc::Sender<DefragReply>,
     waiters: Arc<Waiters>,
     status: watch::Receiver<RaftStatus>,
     leading: watch::Receiver<Option<u64>>,
@@ -260,6 +263,16 @@ impl Node {
         rx.await.map_err(|_| ServerError::Stopped)
     }
 
+    /// Defragments this member's database (see [`defrag`]); answers when done.
+    pub async fn defragment(&self) -> Result<DefragReport, ServerError> {
+        let (tx, rx) = oneshot::channel();
+        self.defrags
+            .send(tx)
+            .await
+            .map_err(|_| ServerError::Stopped)?;
+        rx.await.map_err(|_| ServerError::Stopped)?
+    }
+
     /// Moves leadership to `target` (a voting member) and waits until it leads. Only the leader
     /// can do this; the caller checks that `target` is a voter.
     pub async fn transfer_leadership(&self, target: u64) -> Result<(), ServerError> {
@@ -331,6 +344,9 @@ pub struct NodeParts {
     pub applied: watch::Receiver<u64>,
     /// Where received snapshots wait to be installed.
     pub snapshot_dir: PathBuf,
+    /// The member's database and data dir (defragmentation replaces the database file).
+    pub db: Db,
+    pub data_dir: PathBuf,
 }
 
 /// Errors that stop the raft task (and the member).
@@ -381,6 +397,7 @@ pub fn create(
     let (reports_tx, reports_rx) = mpsc::channel(64);
     let (transfers_tx, transfers_rx) = mpsc::channel(8);
     let (progress_tx, progress_rx) = mpsc::channel(8);
+    let (defrags_tx, defrags_rx) = mpsc::channel(8);
     let (status_tx, status_rx) = watch::channel(RaftStatus::default());
     let (leading_tx, leading_rx) = watch::channel(None);
     let mut transport = Transport::new(
@@ -399,6 +416,7 @@ pub fn create(
         peer_messages: peer_tx,
         transfers: transfers_tx,
         progress: progress_tx,
+        defrags: defrags_tx,
         waiters: parts.waiters.clone(),
         status: status_rx,
         leading: leading_rx,
@@ -417,6 +435,8 @@ pub fn create(
         reports: reports_rx,
         transfers: transfers_rx,
         progress: progress_rx,
+        defrags: defrags_rx,
+        defragmenter: Defragmenter::new(parts.db, parts.data_dir),
         transport,
         snapshot_dir: parts.snapshot_dir,
         log_retention: parts.log_retention,
@@ -441,6 +461,8 @@ pub struct Driver {
     reports: mpsc::Receiver<PeerReport>,
     transfers: mpsc::Receiver<u64>,
     progress: mpsc::Receiver<oneshot::Sender<Option<LeaderProgress>>>,
+    defrags: mpsc::Receiver<DefragReply>,
+    defragmenter: Defragmenter,
     transport: Transport,
     snapshot_dir: PathBuf,
     log_retention: u64,
@@ -515,6 +537,8 @@ impl Driver {
                 Some(reply) = self.progress.recv() => {
                     let _ = reply.send(self.leader_progress());
                 }
+                Some(reply) = self.defrags.recv() => self.defragmenter.request(reply),
+                copy = self.defragmenter.copied() => self.defragmenter.finish(copy)?,
                 _ = shutdown.changed() => return Ok(()),
             }
             self.on_ready(&applier)?;

@@ -247,7 +247,7 @@ pub fn restore(
         return Err(RestoreError::DataDirExists(data_dir.display().to_string()));
     }
     let db = super::open(data_dir)?;
-    let (membership, _, _) = Membership::open_or_bootstrap(&db, name, initial, token)?;
+    let (membership, _, _) = Membership::open_or_bootstrap(&db.get(), name, initial, token)?;
     let voters: Vec<u64> = membership.list().iter().map(|m| m.id).collect();
     RaftLog::open(db.clone())?.bootstrap(ConfState::from((voters, vec![])))?;
     let mut body = open_body(path, info.data_bytes)?;
@@ -299,7 +299,7 @@ mod tests {
                 .unwrap();
         }
         txn.commit().unwrap();
-        (dir, db)
+        (dir, db.get())
     }
 
     #[test]
@@ -330,7 +330,7 @@ mod tests {
         assert_eq!(read.open_table(MVCC).unwrap().iter().unwrap().count(), 3);
         // A fresh bootstrap: applied index 1, the log starts after it.
         assert_eq!(
-            storage::read_meta(&restored, META_APPLIED_INDEX).unwrap(),
+            storage::read_meta(&restored.get(), META_APPLIED_INDEX).unwrap(),
             1
         );
         // Restoring onto an existing dir is refused.

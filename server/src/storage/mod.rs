@@ -3,14 +3,18 @@
 //! and the applied index). Opening checks the schema version and refuses a newer one.
 
 pub mod backup;
+pub mod defrag;
 mod error;
 pub mod raft_log;
 pub mod snapshot;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TransactionError,
+    WriteTransaction,
+};
 
 pub use error::{StorageError, StorageResult};
 
@@ -43,13 +47,57 @@ pub const SCHEMA_VERSION: u64 = 1;
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "conclave.redb";
 
+/// Page cache of one database.
+const CACHE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The member's database, shared by everything that reads or writes it. Defragmentation replaces
+/// the whole database with a compacted copy ([`Db::replace`]); every transaction starts on the
+/// current one, and a transaction begun before a replacement finishes on the old one (whose
+/// contents the copy has, so it is never newer than what the caller already saw).
+#[derive(Clone)]
+pub struct Db(Arc<RwLock<Arc<Database>>>);
+
+impl Db {
+    /// Wraps an open database.
+    pub fn new(db: Database) -> Self {
+        Db(Arc::new(RwLock::new(Arc::new(db))))
+    }
+
+    /// The current database.
+    pub fn get(&self) -> Arc<Database> {
+        // Replacing is a single assignment: a poisoned lock still holds a whole value.
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn begin_read(&self) -> Result<ReadTransaction, TransactionError> {
+        self.get().begin_read()
+    }
+
+    pub fn begin_write(&self) -> Result<WriteTransaction, TransactionError> {
+        self.get().begin_write()
+    }
+
+    /// Makes `db` the current database. Only the raft task writes, and it calls this between
+    /// two of its own transactions.
+    pub fn replace(&self, db: Database) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(db);
+    }
+}
+
+/// Creates (or opens) a database file with this member's settings.
+fn create_file(path: &Path) -> StorageResult<Database> {
+    Ok(Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)?)
+}
+
 /// Opens (creating if needed) the database in `data_dir`, creating every table so readers never
-/// meet a missing one, and checking the schema version.
-pub fn open(data_dir: &Path) -> StorageResult<Arc<Database>> {
+/// meet a missing one, and checking the schema version. A defragmentation copy left by a crash is
+/// removed: the database it was made from is still in place.
+pub fn open(data_dir: &Path) -> StorageResult<Db> {
     std::fs::create_dir_all(data_dir)?;
-    let db = Database::builder()
-        .set_cache_size(256 * 1024 * 1024)
-        .create(data_dir.join(DB_FILE))?;
+    defrag::remove_leftover(data_dir)?;
+    let db = create_file(&data_dir.join(DB_FILE))?;
     let txn = db.begin_write()?;
     {
         txn.open_table(RAFT_LOG)?;
@@ -75,7 +123,7 @@ pub fn open(data_dir: &Path) -> StorageResult<Arc<Database>> {
         }
     }
     txn.commit()?;
-    Ok(Arc::new(db))
+    Ok(Db::new(db))
 }
 
 /// Reads one `meta` counter (0 when absent).
@@ -135,6 +183,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(open(dir.path()).unwrap());
         let db = open(dir.path()).unwrap();
-        assert_eq!(read_meta(&db, META_SCHEMA).unwrap(), SCHEMA_VERSION);
+        assert_eq!(read_meta(&db.get(), META_SCHEMA).unwrap(), SCHEMA_VERSION);
     }
 }

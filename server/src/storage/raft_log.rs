@@ -13,7 +13,7 @@ use raft::{GetEntriesContext, RaftState};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::snapshot::Registry;
-use super::{META, META_APPLIED_INDEX, RAFT_LOG, RAFT_STATE, StorageError, StorageResult};
+use super::{Db, META, META_APPLIED_INDEX, RAFT_LOG, RAFT_STATE, StorageError, StorageResult};
 
 const KEY_HARD_STATE: &str = "hard_state";
 const KEY_CONF_STATE: &str = "conf_state";
@@ -27,7 +27,7 @@ const TAIL_CACHE_ENTRIES: usize = 4096;
 /// The raft log of one member, shared between the raft task (writes) and raft-rs (reads).
 #[derive(Clone)]
 pub struct RaftLog {
-    db: Arc<Database>,
+    db: Db,
     inner: Arc<Mutex<Inner>>,
     snapshots: Arc<Registry>,
 }
@@ -77,7 +77,7 @@ fn store_err(e: StorageError) -> raft::Error {
 
 impl RaftLog {
     /// Loads the raft state of the database (an empty log when new).
-    pub fn open(db: Arc<Database>) -> StorageResult<Self> {
+    pub fn open(db: Db) -> StorageResult<Self> {
         let txn = db.begin_read()?;
         let state = txn.open_table(RAFT_STATE)?;
         let mut hard_state: HardState = match state.get(KEY_HARD_STATE)? {
@@ -304,7 +304,7 @@ impl RaftLog {
         if index <= inner.first_index() || index > inner.last_index {
             return Ok(());
         }
-        let term = term_of(&inner, &self.db, index - 1)?;
+        let term = term_of(&inner, &self.db.get(), index - 1)?;
         let txn = self.db.begin_write()?;
         {
             let mut log = txn.open_table(RAFT_LOG)?;
@@ -423,7 +423,7 @@ impl raft::Storage for RaftLog {
         if idx > inner.last_index {
             return Err(raft::Error::Store(raft::StorageError::Unavailable));
         }
-        term_of(&inner, &self.db, idx).map_err(store_err)
+        term_of(&inner, &self.db.get(), idx).map_err(store_err)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -452,7 +452,7 @@ impl raft::Storage for RaftLog {
             }
             let term = {
                 let inner = self.lock();
-                term_of(&inner, &self.db, applied)?
+                term_of(&inner, &self.db.get(), applied)?
             };
             let mut snap = Snapshot::default();
             let meta = snap.mut_metadata();

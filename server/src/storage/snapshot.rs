@@ -308,7 +308,7 @@ impl Drop for Receiving {
 mod tests {
     use super::*;
     use crate::storage;
-    use redb::{ReadableDatabase, ReadableTableMetadata};
+    use redb::ReadableTableMetadata;
 
     fn fill(db: &redb::Database) {
         let txn = db.begin_write().unwrap();
@@ -344,7 +344,7 @@ mod tests {
     fn rows_round_trip_through_chunks_and_replace_the_old_state() {
         let src_dir = tempfile::tempdir().unwrap();
         let src = storage::open(src_dir.path()).unwrap();
-        fill(&src);
+        fill(&src.get());
         let mut bytes = Vec::new();
         write_rows(&src.begin_read().unwrap(), &mut bytes).unwrap();
 
@@ -392,7 +392,10 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
-        assert_eq!(storage::read_meta(&dst, META_COMPACTED_REV).unwrap(), 42);
+        assert_eq!(
+            storage::read_meta(&dst.get(), META_COMPACTED_REV).unwrap(),
+            42
+        );
     }
 
     #[test]
@@ -411,7 +414,7 @@ mod tests {
     fn an_install_that_fails_half_way_leaves_the_old_state() {
         let dir = tempfile::tempdir().unwrap();
         let db = storage::open(dir.path()).unwrap();
-        fill(&db);
+        fill(&db.get());
         let mut bytes = Vec::new();
         write_rows(&db.begin_read().unwrap(), &mut bytes).unwrap();
         let path = dir.path().join("cut.snap");

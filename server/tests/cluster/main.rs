@@ -9,11 +9,14 @@ mod t50_lease;
 mod t60_membership;
 mod t70_backup;
 mod t75_alarms;
+mod t77_defrag;
 mod t80_http;
 mod t90_regressions;
 
 use std::path::Path;
+use std::time::Duration;
 
+use conclave_client::Client;
 use conclave_testkit::Cluster;
 
 /// The binary under test, built by cargo for this package's integration tests.
@@ -26,4 +29,24 @@ pub async fn cluster(n: usize) -> Cluster {
     Cluster::start(binary(), n)
         .await
         .expect("cluster starts and elects a leader")
+}
+
+/// HashKV of every member of `c` at `revision`, asked until each has applied it.
+pub async fn hash_kv_everywhere(c: &Cluster, client: &Client, revision: i64) -> Vec<(u32, i64)> {
+    let mut out = Vec::new();
+    for i in 0..c.len() {
+        let endpoint = c.client_endpoint(i);
+        let got = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match client.maintenance().hash_kv_on(&endpoint, revision).await {
+                    Ok(r) => return (r.hash, r.compact_revision),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        })
+        .await
+        .expect("every member answers HashKV");
+        out.push(got);
+    }
+    out
 }

@@ -7,32 +7,12 @@
 use std::io::Write;
 use std::time::Duration;
 
-use conclave_client::{Client, GetOptions, PutOptions};
+use conclave_client::{GetOptions, PutOptions};
 use conclave_server::membership::InitialMember;
 use conclave_server::storage::backup;
 use conclave_testkit::Cluster;
 
 use super::binary;
-
-/// HashKV of every member of `c` at `revision`, asked until each has applied it.
-async fn hashes(c: &Cluster, client: &Client, revision: i64) -> Vec<(u32, i64)> {
-    let mut out = Vec::new();
-    for i in 0..c.len() {
-        let endpoint = c.client_endpoint(i);
-        let got = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                match client.maintenance().hash_kv_on(&endpoint, revision).await {
-                    Ok(r) => return (r.hash, r.compact_revision),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        })
-        .await
-        .unwrap();
-        out.push(got);
-    }
-    out
-}
 
 #[tokio::test]
 async fn a_backup_restores_into_a_new_cluster_with_identical_history() {
@@ -61,7 +41,7 @@ async fn a_backup_restores_into_a_new_cluster_with_identical_history() {
         .unwrap()
         .revision;
 
-    let before = hashes(&a, &client, last).await;
+    let before = super::hash_kv_everywhere(&a, &client, last).await;
     assert!(
         before.windows(2).all(|w| w[0] == w[1]),
         "every member has the same history: {before:?}"
@@ -106,7 +86,7 @@ async fn a_backup_restores_into_a_new_cluster_with_identical_history() {
     }
     b.wait_ready(Duration::from_secs(30)).await.unwrap();
     let restored = b.client_all().await.unwrap();
-    let after = hashes(&b, &restored, last).await;
+    let after = super::hash_kv_everywhere(&b, &restored, last).await;
     assert_eq!(after, before, "the restored history is identical");
 
     let got = restored
