@@ -4,6 +4,7 @@
 pub mod alarm;
 pub mod api;
 pub mod apply;
+mod authority_fix;
 pub mod config;
 pub mod corrupt;
 pub mod error;

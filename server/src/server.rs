@@ -20,6 +20,7 @@ use conclave_proto::etcdserverpb::lease_server::LeaseServer;
 use conclave_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use conclave_proto::etcdserverpb::watch_server::WatchServer;
 use conclave_proto::etcdserverpb::{MemberListRequest, ResponseHeader};
+use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::server::TcpIncoming;
@@ -34,6 +35,7 @@ use crate::api::peer::PeerService;
 use crate::api::watch::WatchService;
 use crate::api::{Context, Limits};
 use crate::apply::Applier;
+use crate::authority_fix::AuthorityFix;
 use crate::config::{ClusterState, Settings};
 use crate::http;
 use crate::lease::{self, Lessor, duties};
@@ -342,7 +344,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         let stop = stopped(stop_rx.clone());
         servers.push(tokio::spawn(async move {
             router
-                .serve_with_incoming_shutdown(incoming(listener), stop)
+                .serve_with_incoming_shutdown(
+                    incoming(listener).map(|conn| conn.map(AuthorityFix::new)),
+                    stop,
+                )
                 .await
         }));
         tracing::info!(%addr, "serving clients");
