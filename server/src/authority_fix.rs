@@ -102,7 +102,7 @@ impl<IO> AuthorityFix<IO> {
                 let len = u32::from_be_bytes([0, self.pending[0], self.pending[1], self.pending[2]])
                     as usize;
                 let (kind, flags) = (self.pending[3], self.pending[4]);
-                if kind != HEADERS || flags & END_HEADERS == 0 || len > MIN_MAX_FRAME {
+                if !rewritable(kind, flags, len) {
                     self.ready
                         .extend_from_slice(&self.pending.split_to(FRAME_HEADER));
                     self.mode = Mode::Frames(len);
@@ -136,8 +136,21 @@ impl<IO: AsyncRead + Unpin> AsyncRead for AuthorityFix<IO> {
                 this.ready.advance(n);
                 return Poll::Ready(Ok(()));
             }
-            if matches!(this.mode, Mode::Passthrough) && this.pending.is_empty() {
-                return Pin::new(&mut this.io).poll_read(cx, buf);
+            if this.pending.is_empty() && !matches!(this.mode, Mode::Preface) {
+                // The usual case: read straight into the caller's buffer and hand it over, keeping
+                // back only an incomplete frame header or a HEADERS frame to rewrite or to see whole.
+                let start = buf.filled().len();
+                ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+                let released = this.scan(&buf.filled()[start..]);
+                let end = start + released;
+                if end < buf.filled().len() {
+                    this.pending.extend_from_slice(&buf.filled()[end..]);
+                    buf.set_filled(end);
+                }
+                if released > 0 || this.pending.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
             }
             if this.process() {
                 continue;
@@ -156,6 +169,52 @@ impl<IO: AsyncRead + Unpin> AsyncRead for AuthorityFix<IO> {
             this.pending.extend_from_slice(read.filled());
         }
     }
+}
+
+impl<IO> AuthorityFix<IO> {
+    /// How many of `data` (just read, nothing pending before it) pass unchanged; the rest must go
+    /// through [`Self::process`]. Moves `mode` past what passes.
+    fn scan(&mut self, data: &[u8]) -> usize {
+        let mut at = 0;
+        loop {
+            match self.mode {
+                Mode::Frames(left) if left > 0 => {
+                    let n = left.min(data.len() - at);
+                    at += n;
+                    self.mode = Mode::Frames(left - n);
+                    if at == data.len() {
+                        return at;
+                    }
+                }
+                Mode::Frames(_) => {
+                    let Some(header) = data.get(at..at + FRAME_HEADER) else {
+                        return at;
+                    };
+                    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+                    if !rewritable(header[3], header[4], len) {
+                        at += FRAME_HEADER;
+                        self.mode = Mode::Frames(len);
+                        continue;
+                    }
+                    match data.get(at..at + FRAME_HEADER + len) {
+                        Some(frame) if rewrite_headers(frame).is_none() => {
+                            at += FRAME_HEADER + len;
+                            if at == data.len() {
+                                return at;
+                            }
+                        }
+                        _ => return at,
+                    }
+                }
+                Mode::Preface | Mode::Passthrough => return data.len(),
+            }
+        }
+    }
+}
+
+/// Whether a frame is a HEADERS frame this module looks into.
+fn rewritable(kind: u8, flags: u8, len: usize) -> bool {
+    kind == HEADERS && flags & END_HEADERS != 0 && len <= MIN_MAX_FRAME
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<IO> {
@@ -364,11 +423,48 @@ mod tests {
         v
     }
 
+    /// Gives at most `step` bytes per read, so frames arrive cut anywhere.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let n = self
+                .step
+                .min(self.data.len() - self.at)
+                .min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What comes out of the fix, the same whatever the size of the reads.
     async fn through(input: Vec<u8>) -> Vec<u8> {
-        let mut fix = AuthorityFix::new(input.as_slice());
-        let mut out = Vec::new();
-        fix.read_to_end(&mut out).await.unwrap();
-        out
+        let mut outs = Vec::new();
+        for step in [1, 2, 7, 9, 64, 1 << 20] {
+            let mut fix = AuthorityFix::new(Trickle {
+                data: input.clone(),
+                at: 0,
+                step,
+            });
+            let mut out = Vec::new();
+            fix.read_to_end(&mut out).await.unwrap();
+            outs.push(out);
+        }
+        assert!(
+            outs.windows(2).all(|w| w[0] == w[1]),
+            "read sizes changed the output"
+        );
+        outs.pop().unwrap()
     }
 
     fn connection(frames: &[Vec<u8>]) -> Vec<u8> {
