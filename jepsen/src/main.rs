@@ -33,8 +33,8 @@ struct Cli {
     workload: String,
     /// Faults, comma separated: kill, kill-leader, kill-majority, pause, pause-leader,
     /// partition-one, partition-leader, partition-halves, partition-bridge (partition: all four;
-    /// they need --net netns), compact (a compaction storm; not with the watch workload)
-    /// (empty: none).
+    /// they need --net netns), compact (a compaction storm; not with the watch workload), defrag
+    /// (a defragmentation storm), member (remove a member, add it back empty) (empty: none).
     #[arg(long, default_value = "kill,pause", value_delimiter = ',')]
     nemesis: Vec<String>,
     /// Network: loopback (nodes on 127.0.0.1 ports; kill and pause faults only) or netns (Linux,

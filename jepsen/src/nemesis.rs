@@ -4,8 +4,9 @@
 //! the netns network ([`crate::netns`]): isolate a random member or the leader, split the cluster
 //! into random majority and minority halves, or a bridge (two halves that each see one middle
 //! member, which sees everyone); healed by removing every rule. A compaction storm compacts the
-//! history up to the current revision every [`COMPACT_EVERY`] through random members. Every fault
-//! and heal is an event in the history: "<action> <target>" then "heal <target>".
+//! history up to the current revision every [`STORM_EVERY`] through random members; a
+//! defragmentation storm defragments random members (the leader too) as often. Every fault and
+//! heal is an event in the history: "<action> <target>" then "heal <target>".
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -21,8 +22,8 @@ use crate::connect::client;
 use crate::history::{Kind, Recorder};
 use crate::netns::{self, Network};
 
-/// How often a compaction storm compacts.
-pub const COMPACT_EVERY: Duration = Duration::from_millis(200);
+/// How often a compaction or defragmentation storm acts.
+pub const STORM_EVERY: Duration = Duration::from_millis(200);
 
 /// A fault the nemesis can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,8 @@ pub enum Fault {
     PartitionBridge,
     /// Compact at the current revision again and again until the heal.
     Compact,
+    /// Defragment random members again and again until the heal.
+    Defrag,
     /// Remove a random member (the leader included) from the cluster with MemberRemove, wipe its
     /// data dir; at the heal add it back (MemberAdd, a new id) and start it empty, to join by
     /// snapshot.
@@ -56,7 +59,7 @@ pub enum Fault {
 /// Every name `--nemesis` accepts; `partition` stands for all four partition faults.
 pub const FAULT_NAMES: &str = "kill, kill-leader, kill-majority, pause, pause-leader, \
     partition (= partition-one, partition-leader, partition-halves, partition-bridge), compact, \
-    member";
+    defrag, member";
 
 impl FromStr for Fault {
     type Err = String;
@@ -73,6 +76,7 @@ impl FromStr for Fault {
             "partition-halves" => Ok(Fault::PartitionHalves),
             "partition-bridge" => Ok(Fault::PartitionBridge),
             "compact" => Ok(Fault::Compact),
+            "defrag" => Ok(Fault::Defrag),
             "member" => Ok(Fault::Member),
             other => Err(format!("unknown nemesis {other:?} ({FAULT_NAMES})")),
         }
@@ -212,9 +216,14 @@ pub async fn run(
             _ = stop.changed() => break,
         }
         let fault = faults[rand::rng().random_range(0..faults.len())];
-        let stopping = if fault == Fault::Compact {
-            recorder.nemesis(Kind::Info, "compact all");
-            let stopping = compaction_storm(&cluster, interval, &mut stop).await;
+        let stopping = if matches!(fault, Fault::Compact | Fault::Defrag) {
+            let action = if fault == Fault::Compact {
+                "compact"
+            } else {
+                "defrag"
+            };
+            recorder.nemesis(Kind::Info, format!("{action} all"));
+            let stopping = storm(&cluster, fault, interval, &mut stop).await;
             recorder.nemesis(Kind::Ok, "heal all");
             stopping
         } else {
@@ -275,8 +284,8 @@ async fn inject(
             }
             ("partition", partition.target, Injected::Cut)
         }
-        // The storm is run by `run` itself, not injected and healed.
-        Fault::Compact => ("compact", "all".into(), Injected::Nothing),
+        // Storms are run by `run` itself, not injected and healed.
+        Fault::Compact | Fault::Defrag => ("storm", "all".into(), Injected::Nothing),
         Fault::Member => {
             let node = rand::rng().random_range(0..len);
             match remove_member(cluster, node).await {
@@ -379,35 +388,48 @@ fn report<E: std::fmt::Display>(outcome: Result<(), E>) {
     }
 }
 
-/// Compacts at the latest revision every [`COMPACT_EVERY`] for `length`, through a random member
-/// each time (failures are expected while other faults run and are ignored). Returns whether `stop`
-/// fired meanwhile.
-async fn compaction_storm(
+/// Compacts at the latest revision (`Compact`) or defragments a random member (`Defrag`) every
+/// [`STORM_EVERY`] for `length`, through a random member each time (failures are expected while
+/// other faults run and are ignored). Returns whether `stop` fired meanwhile.
+async fn storm(
     cluster: &Cluster,
+    fault: Fault,
     length: Duration,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     let end = tokio::time::Instant::now() + length;
-    let mut compacted = 0;
+    let mut done = 0;
     let mut stopping = false;
     while !stopping && tokio::time::Instant::now() < end {
         let member = rand::rng().random_range(0..cluster.len());
-        if let Ok(c) = client(&cluster.endpoints(), member).await
-            && let Ok(r) = c.kv().get("jepsen", GetOptions::new()).await
-            && let Some(revision) = r.header.map(|h| h.revision)
-        {
-            match c.kv().compact(revision, false).await {
-                Ok(_) => compacted += 1,
-                Err(e) => tracing::debug!(error = %e, "compaction failed"),
+        if let Ok(c) = client(&cluster.endpoints(), member).await {
+            let acted = if fault == Fault::Compact {
+                compact_now(&c).await
+            } else {
+                c.maintenance()
+                    .defragment_on(&cluster.client_endpoint(member))
+                    .await
+                    .map(|_| ())
+            };
+            match acted {
+                Ok(()) => done += 1,
+                Err(e) => tracing::debug!(error = %e, ?fault, member, "storm action failed"),
             }
         }
         stopping = tokio::select! {
-            _ = tokio::time::sleep(COMPACT_EVERY) => false,
+            _ = tokio::time::sleep(STORM_EVERY) => false,
             _ = stop.changed() => true,
         };
     }
-    tracing::info!(compacted, "compaction storm over");
+    tracing::info!(?fault, done, "storm over");
     stopping
+}
+
+/// Compacts the history up to the current revision.
+async fn compact_now(c: &conclave_client::Client) -> Result<(), conclave_client::Error> {
+    let r = c.kv().get("jepsen", GetOptions::new()).await?;
+    let revision = r.header.map_or(0, |h| h.revision);
+    c.kv().compact(revision, false).await.map(|_| ())
 }
 
 #[cfg(test)]

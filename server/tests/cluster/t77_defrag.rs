@@ -1,6 +1,6 @@
 //! Defragmentation: the leader's database file is compacted while writes keep coming — none fails,
 //! none is lost, the file shrinks, the member's history still matches the others', and it restarts
-//! from the new file.
+//! from the new file. Killed in the middle, a member restarts from its old file.
 
 // Helpers outside #[test] functions are test code too.
 #![allow(clippy::unwrap_used)]
@@ -8,11 +8,32 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use conclave_client::{DeleteOptions, GetOptions, PutOptions};
+use conclave_client::{Client, DeleteOptions, GetOptions, PutOptions};
 
 use conclave_testkit::ClusterBuilder;
 
 use super::binary;
+
+/// Whether the member behind `client` serves (serializable, from its own state) `count` keys
+/// under `prefix` within 20 s: a restarted member first replays its log.
+async fn serves_locally(client: &Client, prefix: &str, count: i64) -> bool {
+    let local = GetOptions::new()
+        .with_prefix()
+        .with_count_only()
+        .with_serializable();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(r) = client.kv().get(prefix, local.clone()).await
+                && r.count == count
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
 
 fn db_file_size(dir: &std::path::Path) -> u64 {
     std::fs::metadata(dir.join("conclave.redb")).unwrap().len()
@@ -117,17 +138,65 @@ async fn defragmenting_the_leader_under_writes_shrinks_its_file_and_loses_nothin
     c.restart(leader).unwrap();
     c.wait_ready(Duration::from_secs(30)).await.unwrap();
     let member = c.client(leader).await.unwrap();
-    let got = member
-        .kv()
-        .get(
-            "w/",
-            GetOptions::new()
-                .with_prefix()
-                .with_count_only()
-                .with_serializable(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(got.count, written);
+    assert!(
+        serves_locally(&member, "w/", written).await,
+        "the restarted member lost writes"
+    );
     assert!(db_file_size(&data_dir) < before / 2);
+}
+
+/// kill -9 in the middle of a defragmentation (while the copy is being written): the member comes
+/// back from its old file with everything, and the half-made copy is gone.
+#[tokio::test]
+async fn a_member_killed_while_defragmenting_restarts_from_its_old_file() {
+    let c = ClusterBuilder::new(binary(), 3).start().await.unwrap();
+    let victim = c.leader_index().await.unwrap();
+    let client = c.client(victim).await.unwrap();
+    let kv = client.kv();
+    let mut fill = Vec::new();
+    for t in 0..8 {
+        let kv = kv.clone();
+        fill.push(tokio::spawn(async move {
+            for i in 0..250 {
+                kv.put(
+                    format!("k/{t}/{i:04}"),
+                    vec![t as u8; 4096],
+                    PutOptions::new(),
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for f in fill {
+        f.await.unwrap();
+    }
+    let data_dir = c.data_dir(victim).unwrap();
+    let copy = data_dir.join("conclave.redb.defrag");
+    let endpoint = c.client_endpoint(victim);
+    let defrag = {
+        let client = client.clone();
+        tokio::spawn(async move { client.maintenance().defragment_on(&endpoint).await })
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !copy.exists() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the copy is being written");
+    c.kill(victim).unwrap();
+    assert!(
+        defrag.await.unwrap().is_err(),
+        "the defragmentation cannot have finished"
+    );
+
+    c.restart(victim).unwrap();
+    c.wait_ready(Duration::from_secs(30)).await.unwrap();
+    assert!(!copy.exists(), "the half-made copy is removed at start");
+    let member = c.client(victim).await.unwrap();
+    assert!(
+        serves_locally(&member, "k/", 2000).await,
+        "the restarted member lost writes"
+    );
 }
