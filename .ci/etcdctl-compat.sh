@@ -903,6 +903,27 @@ t_defrag() {
     t_endpoint_hashkv
 }
 
+# etcdctl lock: runs a command under the lock with ETCD_LOCK_KEY set; a second locker waits
+# until the first lets go (SIGINT: etcdctl unlocks and closes its session).
+t_lock() {
+    ctl "$EP1" lock compat/lock -- sh -c 'echo "key=$ETCD_LOCK_KEY"'; need_ok "lock with a command" || return 1
+    grep -q '^key=compat/lock/[0-9a-f]*$' "$OUT" || { WHY="lock command output: $(head -c 200 "$OUT")"; return 1; }
+    etcdctl --endpoints="$EP1" lock compat/lock2 >"$T/holder.out" 2>&1 &
+    local holder=$! waiter start=$SECONDS
+    while ! grep -q '^compat/lock2/' "$T/holder.out" && (( SECONDS - start < 10 )); do sleep 0.2; done
+    grep -q '^compat/lock2/' "$T/holder.out" || { WHY="first locker never printed its key: $(head -c 200 "$T/holder.out")"; kill "$holder"; return 1; }
+    etcdctl --endpoints="$EP2" lock compat/lock2 echo second >"$T/waiter.out" 2>&1 &
+    waiter=$!
+    sleep 1
+    if [[ -s "$T/waiter.out" ]]; then WHY="second locker ran while the lock was held: $(head -c 200 "$T/waiter.out")"; kill "$holder" "$waiter"; return 1; fi
+    kill -INT "$holder"; wait "$holder" || true
+    start=$SECONDS
+    while kill -0 "$waiter" 2>/dev/null && (( SECONDS - start < 10 )); do sleep 0.2; done
+    if kill -0 "$waiter" 2>/dev/null; then WHY="second locker still waiting 10 s after the first let go"; kill "$waiter"; return 1; fi
+    wait "$waiter" || { WHY="second locker failed: $(head -c 200 "$T/waiter.out")"; return 1; }
+    grep -qx second "$T/waiter.out" || { WHY="second locker output: $(head -c 200 "$T/waiter.out")"; return 1; }
+}
+
 # etcdctl takes a backup (it checks only the file's shape).
 t_snapshot_save() {
     ctl "$EP1" snapshot save "$T/backup.db"; need_ok "snapshot save" || return 1
@@ -1016,6 +1037,7 @@ step endpoint-hashkv        t_endpoint_hashkv
 step defrag                 t_defrag
 step snapshot-save          t_snapshot_save
 step alarm                  t_alarm
+step lock                   t_lock
 step member-add-promote-remove t_member_add_promote_remove
 
 if [[ $FAILED -gt 0 ]]; then

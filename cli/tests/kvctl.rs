@@ -443,3 +443,67 @@ async fn defrag_endpoints_and_cluster() {
         "{out:?}"
     );
 }
+
+/// `lock NAME -- COMMAND` runs the command under the lock; `lock NAME` holds it until interrupted,
+/// and a second locker waits for that.
+#[tokio::test(flavor = "multi_thread")]
+async fn lock_runs_a_command_or_holds_until_interrupted() {
+    let bin = locate_binary().expect("the conclave binary is built (cargo test --workspace)");
+    let c = Cluster::start(&bin, 1).await.unwrap();
+    let ep = c.client_endpoint(0);
+    let ep = ep.as_str();
+    let out = ok(&kvctl(
+        ep,
+        &[
+            "lock",
+            "t/l",
+            "--",
+            "sh",
+            "-c",
+            "echo $ETCD_LOCK_KEY $ETCD_LOCK_REV",
+        ],
+    ));
+    let (key, rev) = out.trim().split_once(' ').unwrap();
+    assert!(key.starts_with("t/l/"), "{out}");
+    assert!(rev.parse::<i64>().unwrap() > 0, "{out}");
+    let failed = kvctl(ep, &["lock", "t/l", "false"]);
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    // The lock was released each time: nothing is left under t/l/.
+    let left = json(&kvctl(ep, &["get", "t/l/", "--prefix", "-w", "json"]));
+    assert!(left["kvs"].as_array().is_none_or(Vec::is_empty), "{left}");
+
+    let mut holder = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["--endpoints", ep, "lock", "t/h"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.starts_with("t/h/"), "{first}");
+    let mut waiter = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["--endpoints", ep, "lock", "t/h", "echo", "second"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "the second locker ran while the lock was held"
+    );
+    let signal = std::process::Command::new("kill")
+        .args(["-INT", &holder.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signal.success());
+    assert!(
+        holder.wait().unwrap().success(),
+        "the holder exits cleanly on Ctrl-C"
+    );
+    let waited = waiter.wait_with_output().unwrap();
+    assert!(waited.status.success(), "{waited:?}");
+    assert_eq!(stdout(&waited), "second\n");
+}

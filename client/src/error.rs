@@ -113,6 +113,19 @@ pub enum Error {
         source: Status,
     },
 
+    /// The lease behind a lock (or an election) ended while waiting for it: nothing is held
+    /// (etcd's `concurrency.ErrSessionExpired`, whose text its lock service returns).
+    #[error("session expired")]
+    SessionExpired,
+
+    /// A proclaim or resign by a candidate that no longer leads (etcd's text).
+    #[error("election: not leader")]
+    NotLeader,
+
+    /// An election without a candidate (etcd's text).
+    #[error("election: no leader")]
+    NoLeader,
+
     /// A request that is safe to retry did not complete within the request timeout.
     #[error("request timed out after {0:?}")]
     Timeout(Duration),
@@ -138,6 +151,9 @@ impl Error {
             "etcdserver: key is not provided" => Error::EmptyKey,
             "etcdserver: request is too large" => Error::RequestTooLarge,
             "etcdserver: mvcc: database space exceeded" => Error::NoSpace,
+            "session expired" => Error::SessionExpired,
+            "election: not leader" => Error::NotLeader,
+            "election: no leader" => Error::NoLeader,
             _ => Error::Status(status),
         }
     }
@@ -167,6 +183,7 @@ impl Error {
             | Error::DuplicateKey
             | Error::EmptyKey
             | Error::RequestTooLarge => Some(Code::InvalidArgument),
+            Error::SessionExpired | Error::NotLeader | Error::NoLeader => Some(Code::Unknown),
             Error::NoEndpoints | Error::InvalidEndpoint { .. } | Error::WatchCanceled { .. } => {
                 None
             }

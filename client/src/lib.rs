@@ -29,11 +29,13 @@
 
 mod client;
 mod cluster;
+mod election;
 mod error;
 mod informer;
 mod kv;
 mod lease;
 mod maintenance;
+mod mutex;
 mod session;
 mod stream;
 mod txn;
@@ -41,11 +43,13 @@ mod watch;
 
 pub use client::{Client, ConnectOptions};
 pub use cluster::Cluster;
+pub use election::{Election, Leadership, Observer};
 pub use error::Error;
 pub use informer::{Informer, InformerEvent, InformerOptions};
 pub use kv::{DeleteOptions, GetOptions, Kv, PutOptions, SortOrder, SortTarget, prefix_range_end};
 pub use lease::{KeepAlive, Lease, LeaseLoss};
 pub use maintenance::Maintenance;
+pub use mutex::{LockHeld, Mutex};
 pub use session::{Session, SessionOptions};
 pub use txn::{Compare, CompareOp, Txn, TxnOp};
 pub use watch::{Watch, WatchMessage, WatchOptions, WatchStream};

@@ -5,27 +5,27 @@
 //! **stalls**: it stops renewing its lease (as a paused or partitioned process would) and sleeps
 //! past the TTL before its write, which the fence must refuse once anyone else may hold the lock.
 //!
-//! The lock is etcd's client-side recipe (the one behind etcd's `concurrency.Mutex`), so the
-//! workload runs against etcd unchanged: put `NAME/<lease>` with the session's lease if absent;
-//! wait until no key under `NAME/` has a lower create revision, watching only the nearest
-//! predecessor (no herd effect); then check that the own key is still there — a session that
-//! expired while waiting holds nothing (the bug Jepsen found in etcd's lock in 2020).
-//! [`crate::lock_check`] checks the history.
+//! The lock is `conclave_client::Mutex`, etcd's recipe (the one behind etcd's `concurrency.Mutex`),
+//! so the workload runs against etcd unchanged; with [`LockVia::Service`] it is taken through the
+//! server's v3lock `Lock` RPC instead (on the worker's member, moving to the next one after a
+//! failure), which runs the same recipe inside the server. [`crate::lock_check`] checks the
+//! history.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use conclave_client::mvccpb::event::EventType;
-use conclave_client::proto::response_op::Response;
 use conclave_client::{
-    Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Session, SessionOptions,
-    SortOrder, SortTarget, Txn, TxnOp, WatchMessage, WatchOptions,
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, Mutex, PutOptions, Session,
+    SessionOptions, Txn, TxnOp,
 };
+use conclave_proto::v3lockpb::LockRequest;
+use conclave_proto::v3lockpb::lock_client::LockClient;
 use rand::Rng;
 use serde::Serialize;
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
 use crate::connect::client;
 use crate::history::Kind;
@@ -47,6 +47,16 @@ pub struct Settings {
     pub duration: Duration,
     /// Chance that a holder stalls before a fenced write.
     pub stall_probability: f64,
+    pub via: LockVia,
+}
+
+/// How workers take the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockVia {
+    /// The client recipe (`conclave_client::Mutex`).
+    Recipe,
+    /// The server's v3lock service.
+    Service,
 }
 
 /// What the run recorded.
@@ -65,7 +75,7 @@ struct Shared {
     tenures: AtomicU64,
     acquire_failures: AtomicU64,
     stalls: AtomicU64,
-    writes: Mutex<Vec<FencedWrite>>,
+    writes: std::sync::Mutex<Vec<FencedWrite>>,
 }
 
 /// Runs the workload; times are counted from `origin` (the recorder's start, so that they line up
@@ -82,7 +92,10 @@ pub async fn run(
     for id in 0..s.workers {
         let c = client(&endpoints, id).await?;
         let shared = shared.clone();
-        tasks.push(tokio::spawn(worker(id, c, s, deadline, origin, shared)));
+        let endpoints = endpoints.clone();
+        tasks.push(tokio::spawn(worker(
+            id, c, endpoints, s, deadline, origin, shared,
+        )));
     }
     for t in tasks {
         t.await?;
@@ -109,12 +122,14 @@ pub async fn run(
 async fn worker(
     id: usize,
     client: Client,
+    endpoints: Vec<String>,
     s: Settings,
     deadline: Instant,
     origin: Instant,
     shared: Arc<Shared>,
 ) {
     let mut session: Option<Session> = None;
+    let mut member = id;
     while Instant::now() < deadline {
         let lease = match &session {
             Some(live) if !live.is_lost() => live.lease_id(),
@@ -130,14 +145,34 @@ async fn worker(
                 }
             },
         };
-        let (key, token) =
-            match tokio::time::timeout(ACQUIRE_TIMEOUT, acquire(&client, lease)).await {
-                Ok(Ok(held)) => held,
-                _ => {
-                    shared.acquire_failures.fetch_add(1, Ordering::Relaxed);
-                    continue;
+        let mut service = match s.via {
+            LockVia::Recipe => None,
+            LockVia::Service => {
+                let endpoint = &endpoints[member % endpoints.len()];
+                let endpoint = if endpoint.contains("://") {
+                    endpoint.clone()
+                } else {
+                    format!("http://{endpoint}")
+                };
+                match LockClient::connect(endpoint).await {
+                    Ok(c) => Some(c),
+                    Err(_) => {
+                        member += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
                 }
-            };
+            }
+        };
+        let taken = acquire(&client, service.as_mut(), lease);
+        let (key, token) = match tokio::time::timeout(ACQUIRE_TIMEOUT, taken).await {
+            Ok(Ok(held)) => held,
+            _ => {
+                shared.acquire_failures.fetch_add(1, Ordering::Relaxed);
+                member += 1;
+                continue;
+            }
+        };
         let tenure = shared.tenures.fetch_add(1, Ordering::Relaxed);
         for _ in 0..INCREMENTS_PER_TENURE {
             let Ok(read) = read_counter(&client).await else {
@@ -208,71 +243,32 @@ async fn read_counter(client: &Client) -> anyhow::Result<i64> {
 }
 
 /// Takes the lock for `lease`: returns the lock key and its create revision (the fencing token).
-async fn acquire(client: &Client, lease: i64) -> anyhow::Result<(String, i64)> {
-    let key = format!("{NAME}/{lease:x}");
-    let claim = Txn::new()
-        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key.clone(),
-            "",
-            PutOptions::new().with_lease(lease),
-        )])
-        .or_else([TxnOp::get(key.clone(), GetOptions::new())]);
-    let r = client.kv().txn(claim).await?;
-    let token = if r.succeeded {
-        r.header.map(|h| h.revision).context("no header")?
-    } else {
-        match r.responses.first().and_then(|op| op.response.as_ref()) {
-            Some(Response::ResponseRange(range)) => range
+async fn acquire(
+    client: &Client,
+    service: Option<&mut LockClient<Channel>>,
+    lease: i64,
+) -> anyhow::Result<(Vec<u8>, i64)> {
+    match service {
+        None => {
+            let held = Mutex::with_lease(client, NAME, lease).lock().await?;
+            Ok((held.key().to_vec(), held.fencing_token()))
+        }
+        Some(service) => {
+            let held = service
+                .lock(LockRequest {
+                    name: NAME.into(),
+                    lease,
+                })
+                .await?
+                .into_inner();
+            // The service answers the key; its create revision is the token.
+            let r = client.kv().get(held.key.clone(), GetOptions::new()).await?;
+            let token = r
                 .kvs
                 .first()
                 .map(|kv| kv.create_revision)
-                .context("lock key vanished")?,
-            _ => bail!("unexpected response to the lock claim"),
-        }
-    };
-    loop {
-        // The nearest predecessor: the latest-created key created before ours.
-        let before = client
-            .kv()
-            .get(
-                format!("{NAME}/"),
-                GetOptions::new()
-                    .with_prefix()
-                    .with_max_create_revision(token - 1)
-                    .with_sort(SortOrder::Descend, SortTarget::Create)
-                    .with_limit(1),
-            )
-            .await?;
-        let Some(predecessor) = before.kvs.first() else {
-            break;
-        };
-        let at = before.header.map_or(0, |h| h.revision);
-        wait_deleted(client, &predecessor.key, at).await?;
-    }
-    // A session that expired while waiting lost its key, and with it any claim to the lock.
-    let mine = client.kv().get(key.clone(), GetOptions::new()).await?;
-    if mine.kvs.first().map(|kv| kv.create_revision) != Some(token) {
-        bail!("the session expired while waiting for the lock");
-    }
-    Ok((key, token))
-}
-
-/// Waits until `key`, which existed at revision `at`, is deleted.
-async fn wait_deleted(client: &Client, key: &[u8], at: i64) -> anyhow::Result<()> {
-    let mut stream = client
-        .watch()
-        .watch(
-            key.to_vec(),
-            WatchOptions::new().with_start_revision(at + 1),
-        )
-        .await?;
-    while let Some(message) = stream.next().await {
-        if let WatchMessage::Events { events, .. } = message?
-            && events.iter().any(|e| e.r#type == EventType::Delete as i32)
-        {
-            return Ok(());
+                .context("the lock key vanished right after the lock was granted")?;
+            Ok((held.key, token))
         }
     }
-    bail!("the watch ended")
 }

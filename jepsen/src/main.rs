@@ -31,6 +31,10 @@ struct Cli {
     /// lease-backed lock: no lost update, one holder at a time).
     #[arg(long, default_value = "register")]
     workload: String,
+    /// lock workload: take the lock with the client recipe (recipe) or through the server's
+    /// v3lock service (service).
+    #[arg(long, default_value = "recipe")]
+    lock_via: String,
     /// Faults, comma separated: kill, kill-leader, kill-majority, pause, pause-leader,
     /// partition-one, partition-leader, partition-halves, partition-bridge (partition: all four;
     /// they need --net netns), compact (a compaction storm; not with the watch workload), defrag
@@ -140,6 +144,9 @@ async fn run(cli: Cli, network: Option<Arc<Network>>) -> anyhow::Result<u8> {
             "unknown --workload {:?} (register, append, watch, lease, lock)",
             cli.workload
         );
+    }
+    if !["recipe", "service"].contains(&cli.lock_via.as_str()) {
+        anyhow::bail!("unknown --lock-via {:?} (recipe, service)", cli.lock_via);
     }
     let faults = Fault::parse_list(&cli.nemesis).map_err(anyhow::Error::msg)?;
     let compaction = faults.contains(&Fault::Compact);
@@ -386,6 +393,11 @@ async fn run_lock(cli: &Cli, endpoints: Vec<String>, recorder: &Recorder, dir: &
         ttl: 3,
         duration: Duration::from_secs(cli.time),
         stall_probability: 0.01,
+        via: if cli.lock_via == "service" {
+            lock::LockVia::Service
+        } else {
+            lock::LockVia::Recipe
+        },
     };
     let outcome = lock::run(endpoints, settings, recorder.start()).await?;
     write_jsonl(&dir.join("history.jsonl"), &outcome.writes)?;

@@ -20,6 +20,8 @@ use conclave_proto::etcdserverpb::lease_server::LeaseServer;
 use conclave_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use conclave_proto::etcdserverpb::watch_server::WatchServer;
 use conclave_proto::etcdserverpb::{MemberListRequest, ResponseHeader};
+use conclave_proto::v3electionpb::election_server::ElectionServer;
+use conclave_proto::v3lockpb::lock_server::LockServer;
 use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -27,9 +29,12 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::alarm::{self, Alarms};
 use crate::api::cluster::{ClusterForwardService, ClusterService};
+use crate::api::election::ElectionService;
 use crate::api::kv::KvService;
 use crate::api::leader::PeerChannels;
 use crate::api::lease::{LeaseForwardService, LeaseService};
+use crate::api::lock::LockService;
+use crate::api::loopback::Loopback;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::peer::PeerService;
 use crate::api::watch::WatchService;
@@ -314,6 +319,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     ));
     for addr in &settings.listen_client {
         let listener = bind(*addr).await?;
+        let local = listener.local_addr().unwrap_or(*addr);
+        let loopback = Arc::new(Loopback::new(loopback_url(local)));
         let max = settings.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let routes = tonic::service::Routes::new(
             KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max),
@@ -330,6 +337,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         .add_service(LeaseServer::new(LeaseService::new(
             ctx.clone(),
             peer_channels.clone(),
+        )))
+        .add_service(LockServer::new(LockService::new(loopback.clone())))
+        .add_service(ElectionServer::new(ElectionService::new(
+            loopback,
+            ctx.clone(),
         )))
         .add_service(health_service.clone());
         // Plain HTTP (/health, /metrics, ...) on the same port, and every gRPC call counted.
@@ -478,6 +490,17 @@ async fn hand_over_leadership(node: &Node) {
         Ok(Err(e)) => tracing::warn!(error = %e, "could not hand over leadership"),
         Err(_) => tracing::warn!("leadership hand-over timed out"),
     }
+}
+
+/// The URL this member reaches its own client listener `addr` at (a wildcard address is reached
+/// through loopback).
+fn loopback_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, RunError> {

@@ -3,9 +3,12 @@
 //! leaves through the one table in `status`.
 
 pub mod cluster;
+pub mod election;
 pub mod kv;
 pub mod leader;
 pub mod lease;
+pub mod lock;
+pub mod loopback;
 pub mod maintenance;
 pub mod peer;
 pub mod status;

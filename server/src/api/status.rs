@@ -47,6 +47,20 @@ impl From<ServerError> for Status {
     }
 }
 
+/// Errors of the requests this server makes to itself (the lock service runs the client recipe),
+/// back as the status the inner request got, so callers see etcd's codes and messages.
+pub fn from_client(e: conclave_client::Error) -> Status {
+    use conclave_client::Error as E;
+    match e {
+        E::Status(s) | E::Unknown { source: s, .. } | E::Unavailable { source: s, .. } => s,
+        E::Timeout(_) => ServerError::Timeout.into(),
+        other => match other.code() {
+            Some(code) => Status::new(code, other.to_string()),
+            None => Status::unavailable(other.to_string()),
+        },
+    }
+}
+
 impl From<KvError> for Status {
     fn from(e: KvError) -> Status {
         match e {

@@ -11,6 +11,8 @@ mod t70_backup;
 mod t75_alarms;
 mod t77_defrag;
 mod t80_http;
+mod t85_lock;
+mod t86_election;
 mod t90_regressions;
 
 use std::path::Path;
