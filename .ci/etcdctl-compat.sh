@@ -924,6 +924,28 @@ t_lock() {
     grep -qx second "$T/waiter.out" || { WHY="second locker output: $(head -c 200 "$T/waiter.out")"; return 1; }
 }
 
+# etcdctl elect: a candidate leads until interrupted, the next one takes over, and an observer
+# (elect -l) prints both leaders' values.
+t_elect() {
+    etcdctl --endpoints="$EP1" elect compat/elect p1 >"$T/lead1.out" 2>&1 &
+    local first=$! second listener start=$SECONDS
+    while ! grep -qx p1 "$T/lead1.out" && (( SECONDS - start < 10 )); do sleep 0.2; done
+    grep -qx p1 "$T/lead1.out" || { WHY="first candidate never led: $(head -c 200 "$T/lead1.out")"; kill "$first"; return 1; }
+    etcdctl --endpoints="$EP3" elect -l compat/elect >"$T/listen.out" 2>&1 &
+    listener=$!
+    etcdctl --endpoints="$EP2" elect compat/elect p2 >"$T/lead2.out" 2>&1 &
+    second=$!
+    sleep 1
+    if [[ -s "$T/lead2.out" ]]; then WHY="second candidate led at once: $(head -c 200 "$T/lead2.out")"; kill "$first" "$second" "$listener"; return 1; fi
+    kill -INT "$first"; wait "$first" || true
+    start=$SECONDS
+    while ! grep -qx p2 "$T/lead2.out" && (( SECONDS - start < 10 )); do sleep 0.2; done
+    sleep 0.5
+    kill -INT "$second" "$listener" 2>/dev/null; wait "$second" "$listener" 2>/dev/null || true
+    grep -qx p2 "$T/lead2.out" || { WHY="second candidate never led: $(head -c 200 "$T/lead2.out")"; return 1; }
+    grep -qx p1 "$T/listen.out" && grep -qx p2 "$T/listen.out" || { WHY="observer output: $(head -c 300 "$T/listen.out")"; return 1; }
+}
+
 # etcdctl takes a backup (it checks only the file's shape).
 t_snapshot_save() {
     ctl "$EP1" snapshot save "$T/backup.db"; need_ok "snapshot save" || return 1
@@ -1038,6 +1060,7 @@ step defrag                 t_defrag
 step snapshot-save          t_snapshot_save
 step alarm                  t_alarm
 step lock                   t_lock
+step elect                  t_elect
 step member-add-promote-remove t_member_add_promote_remove
 
 if [[ $FAILED -gt 0 ]]; then

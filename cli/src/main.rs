@@ -1,15 +1,16 @@
 //! `kvctl`: the operator command line over `conclave-client`, shaped like etcdctl (a user of
 //! etcdctl should guess the commands): key-value (put, get, del, txn, compaction), watch, lease,
 //! member list/add/remove/update/promote, endpoint health/status, move-leader, defrag, snapshot
-//! save/status/restore, alarm list/disarm, lock, and shell completion. Every command prints in
+//! save/status/restore, alarm list/disarm, lock, elect, and shell completion. Every command prints in
 //! `-w simple|json|table`. Errors are one line on stderr and a documented exit code: 1 refused or
 //! failed, 2 bad usage, 3 outcome unknown (a write that may or may not have happened), 4 a lease
 //! kept alive by `lease keep-alive` was lost.
 //!
-//! Commands of later capabilities (elect, group, config) slot in as further variants of [`Command`], each in its own module.
+//! Commands of later capabilities (group, config) slot in as further variants of [`Command`], each in its own module.
 
 mod alarm;
 mod cluster;
+mod elect;
 mod kv;
 mod lease;
 mod lock;
@@ -99,6 +100,8 @@ enum Command {
     Defrag(cluster::DefragArgs),
     /// Takes a lock: runs a command under it, or holds it until interrupted.
     Lock(lock::LockArgs),
+    /// Campaigns in an election and leads until interrupted, or observes it (--listen).
+    Elect(elect::ElectArgs),
     /// Prints a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -193,6 +196,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::MoveLeader { target } => cluster::move_leader(&ctx, &target).await,
         Command::Defrag(a) => cluster::defrag(&ctx, a).await,
         Command::Lock(a) => lock::lock(&ctx, a).await,
+        Command::Elect(a) => elect::elect(&ctx, a).await,
         Command::Completion { .. } => Ok(()),
     }
 }

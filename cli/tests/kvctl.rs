@@ -507,3 +507,78 @@ async fn lock_runs_a_command_or_holds_until_interrupted() {
     assert!(waited.status.success(), "{waited:?}");
     assert_eq!(stdout(&waited), "second\n");
 }
+
+/// Lines a child prints, as they come.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn kvctl_child(ep: &str, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .arg("--endpoints")
+        .arg(ep)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// `elect NAME PROPOSAL` leads until interrupted, the next candidate takes over, and `elect
+/// --listen` prints every leader.
+#[tokio::test(flavor = "multi_thread")]
+async fn elect_leads_hands_over_and_listens() {
+    let bin = locate_binary().expect("the conclave binary is built (cargo test --workspace)");
+    let c = Cluster::start(&bin, 1).await.unwrap();
+    let ep = c.client_endpoint(0);
+    let ep = ep.as_str();
+    let wait = std::time::Duration::from_secs(10);
+    assert_eq!(kvctl(ep, &["elect", "e1"]).status.code(), Some(2));
+
+    let mut first = kvctl_child(ep, &["elect", "e1", "p1"]);
+    let first_out = lines_of(&mut first);
+    let key1 = first_out.recv_timeout(wait).unwrap();
+    assert!(key1.starts_with("e1/"), "{key1}");
+    assert_eq!(first_out.recv_timeout(wait).unwrap(), "p1");
+
+    let mut listener = kvctl_child(ep, &["elect", "e1", "--listen"]);
+    let heard = lines_of(&mut listener);
+    assert_eq!(heard.recv_timeout(wait).unwrap(), key1);
+    assert_eq!(heard.recv_timeout(wait).unwrap(), "p1");
+
+    let mut second = kvctl_child(ep, &["elect", "e1", "p2"]);
+    let second_out = lines_of(&mut second);
+    assert!(
+        second_out
+            .recv_timeout(std::time::Duration::from_secs(1))
+            .is_err(),
+        "the second candidate leads while the first does"
+    );
+    let signal = std::process::Command::new("kill")
+        .args(["-INT", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signal.success());
+    assert!(
+        first.wait().unwrap().success(),
+        "the first resigns and exits cleanly"
+    );
+    let key2 = second_out.recv_timeout(wait).unwrap();
+    assert!(key2.starts_with("e1/") && key2 != key1, "{key2}");
+    assert_eq!(second_out.recv_timeout(wait).unwrap(), "p2");
+    assert_eq!(heard.recv_timeout(wait).unwrap(), key2);
+    assert_eq!(heard.recv_timeout(wait).unwrap(), "p2");
+    let _ = second.kill();
+    let _ = listener.kill();
+    let _ = second.wait();
+    let _ = listener.wait();
+}
