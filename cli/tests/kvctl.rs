@@ -181,7 +181,7 @@ async fn txn_lease_watch_endpoint_and_output_formats() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let out = child.stdout.take().unwrap();
+    let out = child.stdout.take().expect("stdout is piped");
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
         std::io::BufReader::new(out)
@@ -510,7 +510,7 @@ async fn lock_runs_a_command_or_holds_until_interrupted() {
 
 /// Lines a child prints, as they come.
 fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
-    let out = child.stdout.take().unwrap();
+    let out = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
@@ -530,7 +530,7 @@ fn kvctl_child(ep: &str, args: &[&str]) -> std::process::Child {
         .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap()
+        .expect("kvctl starts")
 }
 
 /// `elect NAME PROPOSAL` leads until interrupted, the next candidate takes over, and `elect
