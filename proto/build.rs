@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "etcd/etcdserverpb/rpc.proto",
     "etcd/v3lockpb/v3lock.proto",
     "etcd/v3electionpb/v3election.proto",
+    "conclave/v1/membership.proto",
     "conclave/peer/v1/peer.proto",
     "conclave/internal/v1/raft_cmd.proto",
 ];

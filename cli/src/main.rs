@@ -1,16 +1,17 @@
 //! `kvctl`: the operator command line over `conclave-client`, shaped like etcdctl (a user of
 //! etcdctl should guess the commands): key-value (put, get, del, txn, compaction), watch, lease,
 //! member list/add/remove/update/promote, endpoint health/status, move-leader, defrag, snapshot
-//! save/status/restore, alarm list/disarm, lock, elect, and shell completion. Every command prints in
+//! save/status/restore, alarm list/disarm, lock, elect, group join/list/watch, and shell completion. Every command prints in
 //! `-w simple|json|table`. Errors are one line on stderr and a documented exit code: 1 refused or
 //! failed, 2 bad usage, 3 outcome unknown (a write that may or may not have happened), 4 a lease
 //! kept alive by `lease keep-alive` was lost.
 //!
-//! Commands of later capabilities (group, config) slot in as further variants of [`Command`], each in its own module.
+//! Commands of later capabilities (config) slot in as further variants of [`Command`], each in its own module.
 
 mod alarm;
 mod cluster;
 mod elect;
+mod group;
 mod kv;
 mod lease;
 mod lock;
@@ -102,6 +103,11 @@ enum Command {
     Lock(lock::LockArgs),
     /// Campaigns in an election and leads until interrupted, or observes it (--listen).
     Elect(elect::ElectArgs),
+    /// Group membership: join, list, watch.
+    Group {
+        #[command(subcommand)]
+        command: group::GroupCommand,
+    },
     /// Prints a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -197,6 +203,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Defrag(a) => cluster::defrag(&ctx, a).await,
         Command::Lock(a) => lock::lock(&ctx, a).await,
         Command::Elect(a) => elect::elect(&ctx, a).await,
+        Command::Group { command } => group::run(&ctx, command).await,
         Command::Completion { .. } => Ok(()),
     }
 }

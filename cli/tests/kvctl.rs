@@ -582,3 +582,56 @@ async fn elect_leads_hands_over_and_listens() {
     let _ = second.wait();
     let _ = listener.wait();
 }
+
+/// `group join` keeps a member until Ctrl-C, `group list` shows it, `group watch` sees it join and
+/// leave.
+#[tokio::test(flavor = "multi_thread")]
+async fn group_join_list_and_watch() {
+    let bin = locate_binary().expect("the conclave binary is built (cargo test --workspace)");
+    let c = Cluster::start(&bin, 1).await.unwrap();
+    let ep = c.client_endpoint(0);
+    let ep = ep.as_str();
+    let wait = std::time::Duration::from_secs(10);
+    assert_eq!(kvctl(ep, &["group", "list", "a/b"]).status.code(), Some(2));
+
+    let mut watcher = kvctl_child(ep, &["group", "watch", "g1"]);
+    let seen = lines_of(&mut watcher);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut member = kvctl_child(ep, &["group", "join", "g1", "w1", "--metadata", "10.0.0.1"]);
+    let joined = lines_of(&mut member);
+    assert!(
+        joined
+            .recv_timeout(wait)
+            .unwrap()
+            .starts_with("joined g1 as w1 (lease "),
+        "join output"
+    );
+    let listed = ok(&kvctl(ep, &["group", "list", "g1"]));
+    let fields: Vec<&str> = listed.split_whitespace().collect();
+    assert_eq!(fields[..2], ["w1", "10.0.0.1"], "{listed}");
+    let listed = json(&kvctl(ep, &["group", "list", "g1", "-w", "json"]));
+    assert_eq!(listed["members"][0]["id"], "w1", "{listed}");
+
+    let signal = std::process::Command::new("kill")
+        .args(["-INT", &member.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signal.success());
+    assert!(
+        member.wait().unwrap().success(),
+        "the member leaves cleanly on Ctrl-C"
+    );
+    assert!(
+        seen.recv_timeout(wait)
+            .unwrap()
+            .starts_with("JOIN w1 10.0.0.1 ")
+    );
+    assert!(
+        seen.recv_timeout(wait)
+            .unwrap()
+            .starts_with("LEAVE w1 10.0.0.1 ")
+    );
+    assert_eq!(ok(&kvctl(ep, &["group", "list", "g1"])), "");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}

@@ -118,6 +118,10 @@ pub enum Error {
     #[error("session expired")]
     SessionExpired,
 
+    /// A group name that is empty or contains `/`.
+    #[error("conclave: invalid group name {0:?} (not empty, no '/')")]
+    InvalidGroup(String),
+
     /// A proclaim or resign by a candidate that no longer leads (etcd's text).
     #[error("election: not leader")]
     NotLeader,
@@ -179,6 +183,7 @@ impl Error {
             Error::LeaseExists => Some(Code::FailedPrecondition),
             Error::NoSpace => Some(Code::ResourceExhausted),
             Error::KeyNotFound
+            | Error::InvalidGroup(_)
             | Error::TooManyOps
             | Error::DuplicateKey
             | Error::EmptyKey

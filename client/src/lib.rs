@@ -31,6 +31,7 @@ mod client;
 mod cluster;
 mod election;
 mod error;
+mod group;
 mod informer;
 mod kv;
 mod lease;
@@ -45,6 +46,7 @@ pub use client::{Client, ConnectOptions};
 pub use cluster::Cluster;
 pub use election::{Election, Leadership, Observer};
 pub use error::Error;
+pub use group::{GROUPS_PREFIX, Group, GroupWatch};
 pub use informer::{Informer, InformerEvent, InformerOptions};
 pub use kv::{DeleteOptions, GetOptions, Kv, PutOptions, SortOrder, SortTarget, prefix_range_end};
 pub use lease::{KeepAlive, Lease, LeaseLoss};
@@ -54,5 +56,7 @@ pub use session::{Session, SessionOptions};
 pub use txn::{Compare, CompareOp, Txn, TxnOp};
 pub use watch::{Watch, WatchMessage, WatchOptions, WatchStream};
 
+/// Conclave's extension messages (`conclave.v1`: group membership).
+pub use conclave_proto::conclave::v1 as conclavepb;
 /// The generated protobuf types, re-exported so users need not depend on `conclave-proto`.
 pub use conclave_proto::{etcdserverpb as proto, mvccpb};

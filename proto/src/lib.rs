@@ -25,6 +25,10 @@ pub mod v3electionpb {
 }
 
 pub mod conclave {
+    /// Conclave's public extension to the etcd API.
+    pub mod v1 {
+        tonic::include_proto!("conclave.v1");
+    }
     pub mod peer {
         pub mod v1 {
             tonic::include_proto!("conclave.peer.v1");

@@ -14,6 +14,7 @@ use conclave_proto::conclave::peer::v1::cluster_forward_client::ClusterForwardCl
 use conclave_proto::conclave::peer::v1::cluster_forward_server::ClusterForwardServer;
 use conclave_proto::conclave::peer::v1::lease_forward_server::LeaseForwardServer;
 use conclave_proto::conclave::peer::v1::raft_transport_server::RaftTransportServer;
+use conclave_proto::conclave::v1::membership_server::MembershipServer;
 use conclave_proto::etcdserverpb::cluster_server::ClusterServer;
 use conclave_proto::etcdserverpb::kv_server::KvServer;
 use conclave_proto::etcdserverpb::lease_server::LeaseServer;
@@ -36,6 +37,7 @@ use crate::api::lease::{LeaseForwardService, LeaseService};
 use crate::api::lock::LockService;
 use crate::api::loopback::Loopback;
 use crate::api::maintenance::MaintenanceService;
+use crate::api::membership::MembershipService;
 use crate::api::peer::PeerService;
 use crate::api::watch::WatchService;
 use crate::api::{Context, Limits};
@@ -340,6 +342,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         )))
         .add_service(LockServer::new(LockService::new(loopback.clone())))
         .add_service(ElectionServer::new(ElectionService::new(
+            loopback.clone(),
+            ctx.clone(),
+        )))
+        .add_service(MembershipServer::new(MembershipService::new(
             loopback,
             ctx.clone(),
         )))

@@ -10,6 +10,7 @@ pub mod lease;
 pub mod lock;
 pub mod loopback;
 pub mod maintenance;
+pub mod membership;
 pub mod peer;
 pub mod status;
 pub mod validate;

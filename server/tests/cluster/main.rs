@@ -13,6 +13,7 @@ mod t77_defrag;
 mod t80_http;
 mod t85_lock;
 mod t86_election;
+mod t87_groups;
 mod t90_regressions;
 
 use std::path::Path;
