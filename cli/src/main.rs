@@ -1,15 +1,17 @@
 //! `kvctl`: the operator command line over `conclave-client`, shaped like etcdctl (a user of
 //! etcdctl should guess the commands): key-value (put, get, del, txn, compaction), watch, lease,
 //! member list/add/remove/update/promote, endpoint health/status, move-leader, defrag, snapshot
-//! save/status/restore, alarm list/disarm, lock, elect, group join/list/watch, and shell completion. Every command prints in
+//! save/status/restore, alarm list/disarm, lock, elect, group join/list/watch, config
+//! get/set/watch, and shell completion. Every command prints in
 //! `-w simple|json|table`. Errors are one line on stderr and a documented exit code: 1 refused or
 //! failed, 2 bad usage, 3 outcome unknown (a write that may or may not have happened), 4 a lease
 //! kept alive by `lease keep-alive` was lost.
 //!
-//! Commands of later capabilities (config) slot in as further variants of [`Command`], each in its own module.
+//! Each command family is a variant of [`Command`] in its own module.
 
 mod alarm;
 mod cluster;
+mod config;
 mod elect;
 mod group;
 mod kv;
@@ -108,6 +110,11 @@ enum Command {
         #[command(subcommand)]
         command: group::GroupCommand,
     },
+    /// Typed configuration: a key holding JSON (get, set with compare-and-swap, watch).
+    Config {
+        #[command(subcommand)]
+        command: config::ConfigCommand,
+    },
     /// Prints a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -204,6 +211,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Lock(a) => lock::lock(&ctx, a).await,
         Command::Elect(a) => elect::elect(&ctx, a).await,
         Command::Group { command } => group::run(&ctx, command).await,
+        Command::Config { command } => config::run(&ctx, command).await,
         Command::Completion { .. } => Ok(()),
     }
 }

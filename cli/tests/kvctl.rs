@@ -635,3 +635,68 @@ async fn group_join_list_and_watch() {
     let _ = watcher.kill();
     let _ = watcher.wait();
 }
+
+/// `config set` (JSON only, `--if-revision` compare-and-swap), `config get`, `config watch`.
+#[tokio::test(flavor = "multi_thread")]
+async fn config_get_set_with_revision_and_watch() {
+    let bin = locate_binary().expect("the conclave binary is built (cargo test --workspace)");
+    let c = Cluster::start(&bin, 1).await.unwrap();
+    let ep = c.client_endpoint(0);
+    let ep = ep.as_str();
+    let wait = std::time::Duration::from_secs(10);
+    assert_eq!(
+        kvctl(ep, &["config", "get", "cfg/a"]).status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        kvctl(ep, &["config", "set", "cfg/a", "not json"])
+            .status
+            .code(),
+        Some(2)
+    );
+    let set = ok(&kvctl(
+        ep,
+        &["config", "set", "cfg/a", r#"{"n":1}"#, "--if-revision", "0"],
+    ));
+    let rev: i64 = set.trim().strip_prefix("OK ").unwrap().parse().unwrap();
+    let stale = kvctl(
+        ep,
+        &["config", "set", "cfg/a", r#"{"n":9}"#, "--if-revision", "0"],
+    );
+    assert_eq!(stale.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&stale.stderr).contains(&format!("is at revision {rev}, not 0")),
+        "{stale:?}"
+    );
+    assert_eq!(
+        ok(&kvctl(ep, &["config", "get", "cfg/a"])),
+        format!("{rev} {{\"n\":1}}\n")
+    );
+
+    let mut watcher = kvctl_child(ep, &["config", "watch", "cfg/a"]);
+    let seen = lines_of(&mut watcher);
+    assert_eq!(
+        seen.recv_timeout(wait).unwrap(),
+        format!("{rev} {{\"n\":1}}")
+    );
+    let next = ok(&kvctl(
+        ep,
+        &[
+            "config",
+            "set",
+            "cfg/a",
+            r#"{"n":2}"#,
+            "--if-revision",
+            &rev.to_string(),
+        ],
+    ));
+    let rev2: i64 = next.trim().strip_prefix("OK ").unwrap().parse().unwrap();
+    assert_eq!(
+        seen.recv_timeout(wait).unwrap(),
+        format!("{rev2} {{\"n\":2}}")
+    );
+    ok(&kvctl(ep, &["del", "cfg/a"]));
+    assert_eq!(seen.recv_timeout(wait).unwrap(), "cfg/a is not set");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}

@@ -118,6 +118,15 @@ pub enum Error {
     #[error("session expired")]
     SessionExpired,
 
+    /// A typed configuration value that does not (de)serialize.
+    #[error("conclave: the value of {key:?} does not decode: {reason}")]
+    Decode {
+        /// The key.
+        key: String,
+        /// What serde said.
+        reason: String,
+    },
+
     /// A group name that is empty or contains `/`.
     #[error("conclave: invalid group name {0:?} (not empty, no '/')")]
     InvalidGroup(String),
@@ -189,9 +198,10 @@ impl Error {
             | Error::EmptyKey
             | Error::RequestTooLarge => Some(Code::InvalidArgument),
             Error::SessionExpired | Error::NotLeader | Error::NoLeader => Some(Code::Unknown),
-            Error::NoEndpoints | Error::InvalidEndpoint { .. } | Error::WatchCanceled { .. } => {
-                None
-            }
+            Error::NoEndpoints
+            | Error::InvalidEndpoint { .. }
+            | Error::WatchCanceled { .. }
+            | Error::Decode { .. } => None,
         }
     }
 }

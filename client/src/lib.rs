@@ -29,6 +29,7 @@
 
 mod client;
 mod cluster;
+mod config;
 mod election;
 mod error;
 mod group;
@@ -44,6 +45,7 @@ mod watch;
 
 pub use client::{Client, ConnectOptions};
 pub use cluster::Cluster;
+pub use config::{Config, ConfigWatch, Versioned};
 pub use election::{Election, Leadership, Observer};
 pub use error::Error;
 pub use group::{GROUPS_PREFIX, Group, GroupWatch};

@@ -14,6 +14,7 @@ mod t80_http;
 mod t85_lock;
 mod t86_election;
 mod t87_groups;
+mod t88_config;
 mod t90_regressions;
 
 use std::path::Path;
