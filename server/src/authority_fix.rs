@@ -5,12 +5,12 @@
 //! refuses the stream (RST_STREAM, PROTOCOL_ERROR), which broke `etcdctl endpoint status --cluster`
 //! and `etcdctl defrag --cluster`. [`AuthorityFix`] wraps each accepted client connection and, in
 //! the HTTP/2 HEADERS frames coming in, replaces an `:authority` whose value starts with `http://`
-//! or `https://` by `conclave` before hyper parses it (Conclave routes nothing by authority).
+//! or `https://` by `c` before hyper parses it (Conclave routes nothing by authority).
 //! Everything else passes through unchanged: other frames, other fields, HTTP/1.1 connections.
 //!
 //! Why HPACK state stays consistent: the field is rewritten where the client sends it as a
 //! literal (and possibly adds it to its dynamic table), and the new value is never longer than the
-//! old, so the server's dynamic table gets the same entries in the same order, none larger than
+//! old (decoded or encoded), so the server's dynamic table gets the same entries in the same order, none larger than
 //! the client's copy: it never evicts an entry the client still refers to, and an index names the
 //! same entry on both sides. Later requests refer to that entry by index and get the new value.
 
@@ -32,8 +32,9 @@ const PRIORITY: u8 = 0x20;
 const MIN_MAX_FRAME: usize = 16_384;
 /// HPACK static table index of `:authority`.
 const AUTHORITY_INDEX: usize = 1;
-/// As short as the shortest schemed value, `http://` and one character (see above).
-const REPLACEMENT: &[u8] = b"conclave";
+/// No longer than any value it replaces, decoded (`http://` is 7 bytes) or encoded (`http://` is
+/// 6 bytes in Huffman code), so the HPACK tables stay in step and the frame never grows.
+const REPLACEMENT: &[u8] = b"c";
 /// `http://` and `https://` as HPACK Huffman codes (RFC 7541 appendix B), bit strings.
 const HTTP_HUFFMAN: &str = "10011101001010011010111011100011000011000";
 const HTTPS_HUFFMAN: &str = "1001110100101001101011010001011100011000011000";
@@ -486,7 +487,7 @@ mod tests {
             let input = connection(&[settings.clone(), headers_frame(END_HEADERS, &block(&value))]);
             let expected = connection(&[
                 settings.clone(),
-                headers_frame(END_HEADERS, &block(&raw("conclave"))),
+                headers_frame(END_HEADERS, &block(&raw("c"))),
             ]);
             assert_eq!(through(input).await, expected);
         }
@@ -499,7 +500,7 @@ mod tests {
         payload.extend_from_slice(&block(&huff("http://127.0.0.1:2379")));
         payload.extend_from_slice(&[0, 0, 0]);
         let mut expected_payload = vec![3, 0, 0, 0, 0, 16];
-        expected_payload.extend_from_slice(&block(&raw("conclave")));
+        expected_payload.extend_from_slice(&block(&raw("c")));
         expected_payload.extend_from_slice(&[0, 0, 0]);
         let flags = END_HEADERS | PADDED | PRIORITY;
         assert_eq!(

@@ -186,6 +186,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let lessor = Arc::new(Lessor::open(&db, &store, lease::min_ttl(election_timeout))?);
     let alarms = Arc::new(Alarms::open(&db)?);
     let applied_index = storage::read_meta(&db, META_APPLIED_INDEX)?;
+    // From here on everything goes through `handle`: a defragmentation replaces the database, and
+    // a reference kept here would keep the old file (and its page cache) until the member stops.
+    drop(db);
     let members = membership.list();
     // Only the members of a new cluster store the initial voters; a joining member learns them
     // from a snapshot, and a restarted one has them stored.

@@ -154,12 +154,13 @@ impl Defragmenter {
     /// and copies it on a thread of its own.
     fn start_copy(&self) -> StorageResult<oneshot::Receiver<StorageResult<Copy>>> {
         let from = self.db.begin_read()?;
+        let db = self.db.clone();
         let data_dir = self.data_dir.clone();
         let (tx, rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("conclave-defrag".into())
             .spawn(move || {
-                let _ = tx.send(defrag::copy(from, &data_dir));
+                let _ = tx.send(defrag::copy(&db, from, &data_dir));
             })?;
         Ok(rx)
     }

@@ -3,7 +3,9 @@
 //!
 //! Contract:
 //! - [`copy`] runs on any thread and pauses nothing: it copies every table of one read
-//!   transaction into a fresh file beside the database (`conclave.redb.defrag`) and compacts it.
+//!   transaction into a fresh file beside the database (`conclave.redb.defrag`), compacts it, and
+//!   catches it up once from a later read transaction (the same way as below, without holding
+//!   anyone), so that little is left for the pause.
 //! - [`catch_up`] runs where nothing else writes (the raft task, between two of its writes): it
 //!   brings the copy up to date with what was written meanwhile — raft log entries (by raft's log
 //!   matching: an entry with the same index and bytes is the same entry, and so is every entry
@@ -55,9 +57,10 @@ pub fn remove_leftover(data_dir: &Path) -> StorageResult<()> {
     }
 }
 
-/// Copies everything `from` (a read transaction of the current database) holds into a fresh,
-/// compacted file in `data_dir`.
-pub fn copy(from: ReadTransaction, data_dir: &Path) -> StorageResult<Copy> {
+/// Copies everything `from` (a read transaction of `db`) holds into a fresh, compacted file in
+/// `data_dir`, then catches the copy up once with what `db` received meanwhile (from a later read
+/// transaction), so that [`catch_up`], which holds the writers, has little left to do.
+pub fn copy(db_handle: &Db, from: ReadTransaction, data_dir: &Path) -> StorageResult<Copy> {
     let started = Instant::now();
     remove_leftover(data_dir)?;
     let path = data_dir.join(COPY_FILE);
@@ -70,13 +73,18 @@ pub fn copy(from: ReadTransaction, data_dir: &Path) -> StorageResult<Copy> {
         txn.commit()?;
         // A fresh file holds little slack; compacting returns what the batches left.
         db.compact()?;
-        Ok(Copy {
+        let mut copy = Copy {
             compacted: compacted_revision(&from)?,
             last_row: from.open_table(MVCC)?.last()?.map(|(k, _)| k.value()),
             db,
             path: path.clone(),
-            elapsed: started.elapsed(),
-        })
+            elapsed: Duration::ZERO,
+        };
+        drop(from);
+        // Stale or not, the final catch-up decides; this only shortens it.
+        apply_changes(&db_handle.begin_read()?, &mut copy, Durability::None)?;
+        copy.elapsed = started.elapsed();
+        Ok(copy)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&path);
@@ -87,13 +95,21 @@ pub fn copy(from: ReadTransaction, data_dir: &Path) -> StorageResult<Copy> {
 /// Brings `copy` up to date with `db` and makes it durable; `None` (and the copy is deleted) if a
 /// compaction ran since it was made. Call only where nothing else writes to `db`; an error
 /// leaves the database as it was.
-pub fn catch_up(db: &Db, copy: Copy) -> StorageResult<Option<CaughtUp>> {
-    let path = copy.path.clone();
-    let result = apply_changes(db, copy);
-    if !matches!(result, Ok(Some(_))) {
-        let _ = std::fs::remove_file(&path);
+pub fn catch_up(db: &Db, mut copy: Copy) -> StorageResult<Option<CaughtUp>> {
+    let result = db
+        .begin_read()
+        .map_err(Into::into)
+        .and_then(|current| apply_changes(&current, &mut copy, Durability::Immediate));
+    match result {
+        Ok(true) => Ok(Some(CaughtUp {
+            db: copy.db,
+            path: copy.path,
+        })),
+        other => {
+            let _ = std::fs::remove_file(&copy.path);
+            other.map(|_| None)
+        }
     }
-    result
 }
 
 /// A copy that holds everything the database holds, durably.
@@ -112,13 +128,19 @@ pub fn install(db: &Db, data_dir: &Path, copy: CaughtUp) -> StorageResult<()> {
     Ok(())
 }
 
-fn apply_changes(db: &Db, copy: Copy) -> StorageResult<Option<CaughtUp>> {
-    let current = db.begin_read()?;
-    if compacted_revision(&current)? != copy.compacted {
-        return Ok(None);
+/// Applies to the copy what `current` holds beyond it, committed with `durability`; false (and
+/// nothing written) if `current` rewrote history the copy has (a compaction).
+fn apply_changes(
+    current: &ReadTransaction,
+    copy: &mut Copy,
+    durability: Durability,
+) -> StorageResult<bool> {
+    if compacted_revision(current)? != copy.compacted {
+        return Ok(false);
     }
     let mut txn = copy.db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
+    txn.set_durability(durability)?;
+    let newest;
     {
         let from = current.open_table(MVCC)?;
         let mut to = txn.open_table(MVCC)?;
@@ -129,7 +151,7 @@ fn apply_changes(db: &Db, copy: Copy) -> StorageResult<Option<CaughtUp>> {
                 _ => false,
             };
             if !same {
-                return Ok(None);
+                return Ok(false);
             }
         }
         let newer = match copy.last_row {
@@ -140,14 +162,13 @@ fn apply_changes(db: &Db, copy: Copy) -> StorageResult<Option<CaughtUp>> {
             let (k, v) = row?;
             to.insert(k.value(), v.value())?;
         }
+        newest = from.last()?.map(|(k, _)| k.value());
     }
-    catch_up_log(&current, &txn)?;
-    copy_small_tables(&current, &txn)?;
+    catch_up_log(current, &txn)?;
+    copy_small_tables(current, &txn)?;
     txn.commit()?;
-    Ok(Some(CaughtUp {
-        db: copy.db,
-        path: copy.path,
-    }))
+    copy.last_row = newest.or(copy.last_row);
+    Ok(true)
 }
 
 /// Makes the copy's raft log equal to the current one, rewriting only what differs.
@@ -312,7 +333,7 @@ mod tests {
         });
         let before = storage::file_size(dir.path());
 
-        let copy = copy(db.begin_read().unwrap(), dir.path()).unwrap();
+        let copy = copy(&db, db.begin_read().unwrap(), dir.path()).unwrap();
         // Meanwhile: new rows, a log truncated at the front and overwritten at the tail (a new
         // term), a lease, a counter.
         put_rows(&db, 2001..2101, b"new");
@@ -346,7 +367,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = storage::open(dir.path()).unwrap();
         put_rows(&db, 1..11, b"v");
-        let copy = copy(db.begin_read().unwrap(), dir.path()).unwrap();
+        let copy = copy(&db, db.begin_read().unwrap(), dir.path()).unwrap();
         write(&db, |txn| {
             txn.open_table(MVCC).unwrap().remove((3, 0)).unwrap();
             txn.open_table(META)
@@ -366,7 +387,7 @@ mod tests {
         let db = storage::open(dir.path()).unwrap();
         put_rows(&db, 1..11, b"v");
         let expected = dump(&db);
-        let copy = copy(db.begin_read().unwrap(), dir.path()).unwrap();
+        let copy = copy(&db, db.begin_read().unwrap(), dir.path()).unwrap();
         assert!(dir.path().join(COPY_FILE).exists());
         std::mem::forget(copy.db);
         drop(db);

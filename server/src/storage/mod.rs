@@ -78,9 +78,26 @@ impl Db {
     }
 
     /// Makes `db` the current database. Only the raft task writes, and it calls this between
-    /// two of its own transactions.
+    /// two of its own transactions. The old database is closed (redb writes and syncs its
+    /// allocator state then) on a thread of its own once nobody uses it any more, so neither
+    /// the caller nor a reader finishing a transaction on it waits for that.
     pub fn replace(&self, db: Database) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(db);
+        let old = std::mem::replace(
+            &mut *self.0.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(db),
+        );
+        let closing = std::thread::Builder::new()
+            .name("conclave-db-close".into())
+            .spawn(move || {
+                while Arc::strong_count(&old) > 1 {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                drop(old);
+            });
+        if let Err(e) = closing {
+            // Without the thread, whoever holds the last reference closes it.
+            tracing::warn!(error = %e, "cannot start a thread to close the old database");
+        }
     }
 }
 

@@ -65,6 +65,9 @@ impl Registry {
     pub fn take(&self, data: &[u8]) -> Option<ReadTransaction> {
         let handle = u64::from_be_bytes(data.try_into().ok()?);
         let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        // Expired ones go here too: a parked transaction holds its database (an old one, after a
+        // defragmentation) open.
+        parked.retain(|_, (at, _)| at.elapsed() < PARKED_FOR);
         parked.remove(&handle).map(|(_, txn)| txn)
     }
 }
