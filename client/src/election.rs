@@ -12,7 +12,6 @@
 //! Leadership ends with the lease: [`Leadership::lost`] resolves when the key goes away.
 
 use conclave_proto::etcdserverpb::ResponseHeader;
-use conclave_proto::etcdserverpb::response_op::Response;
 use conclave_proto::mvccpb::KeyValue;
 use conclave_proto::mvccpb::event::EventType;
 use tokio::sync::mpsc;
@@ -20,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::client::Client;
 use crate::error::Error;
 use crate::kv::{DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget};
-use crate::mutex::{Release, wait_deleted, wait_for_predecessors};
+use crate::mutex::{Release, claim, wait_deleted, wait_for_predecessors};
 use crate::session::Session;
 use crate::txn::{Compare, CompareOp, Txn, TxnOp};
 use crate::watch::{WatchMessage, WatchOptions};
@@ -95,45 +94,35 @@ impl Election {
         lease: i64,
         value: impl Into<Vec<u8>>,
     ) -> Result<Leadership, Error> {
+        if lease == 0 {
+            // A key without a lease would never expire, and every caller would share it.
+            return Err(Error::LeaseNotFound);
+        }
         let value = value.into();
         let mut key = self.prefix.clone();
         key.extend_from_slice(format!("{lease:x}").as_bytes());
-        let claim = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.clone(),
-                value.clone(),
-                PutOptions::new().with_lease(lease),
-            )])
-            .or_else([TxnOp::get(key.clone(), GetOptions::new())]);
-        let r = self.client.kv().txn(claim).await?;
-        let guard = Release::new(&self.client, key.clone());
+        let (claimed, revision, found) = claim(&self.client, &key, lease, &value).await?;
+        // A key put here is deleted if this call ends early; one found (the same lease
+        // campaigning again) belongs to the earlier campaign and is left alone.
+        let guard = claimed.then(|| Release::new(&self.client, key.clone(), revision));
         let mut leadership = Leadership {
             name: self.name.clone(),
             key: key.clone(),
-            revision: r.header.as_ref().map_or(0, |h| h.revision),
+            revision,
             lease,
-            header: r.header,
+            header: None,
         };
-        if !r.succeeded {
-            let existing = match r.responses.first().and_then(|op| op.response.as_ref()) {
-                Some(Response::ResponseRange(range)) => range.kvs.first().cloned(),
-                _ => None,
-            };
-            let Some(existing) = existing else {
-                return Err(Error::SessionExpired);
-            };
-            leadership.revision = existing.create_revision;
-            if existing.value != value {
-                leadership.proclaim(&self.client, value).await?;
-            }
+        if found != value {
+            leadership.proclaim(&self.client, value).await?;
         }
         wait_for_predecessors(&self.client, &self.prefix, leadership.revision).await?;
         let mine = self.client.kv().get(key, GetOptions::new()).await?;
         if mine.kvs.first().map(|kv| kv.create_revision) != Some(leadership.revision) {
             return Err(Error::SessionExpired);
         }
-        guard.disarm();
+        if let Some(guard) = guard {
+            guard.disarm();
+        }
         leadership.header = mine.header;
         Ok(leadership)
     }
@@ -218,12 +207,21 @@ async fn follow(
                 return Ok(());
             }
         }
-        // Follow the leader's key: new values until it goes away.
-        let options = WatchOptions::new().with_start_revision(at + 1);
-        let mut stream = client.watch().watch(leader.key.clone(), options).await?;
+        // Follow the leader's key: new values until it goes away. (Progress notifications keep
+        // the resume point moving while it is idle; a compacted resume point means: read again.)
+        let options = WatchOptions::new()
+            .with_start_revision(at + 1)
+            .with_progress_notify();
+        let mut stream = match client.watch().watch(leader.key.clone(), options).await {
+            Err(Error::WatchCompacted { .. }) => continue,
+            other => other?,
+        };
         'key: while let Some(message) = stream.next().await {
-            let WatchMessage::Events { events, .. } = message? else {
-                continue;
+            let events = match message {
+                Err(Error::WatchCompacted { .. }) => break 'key,
+                Err(e) => return Err(e),
+                Ok(WatchMessage::Events { events, .. }) => events,
+                Ok(WatchMessage::Progress { .. }) => continue,
             };
             for event in events {
                 if event.r#type == EventType::Delete as i32 {
@@ -245,13 +243,19 @@ async fn wait_for_put(client: &Client, prefix: &[u8], at: i64) -> Result<(), Err
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(at + 1)
-        .with_filter_delete();
-    let mut stream = client.watch().watch(prefix.to_vec(), options).await?;
+        .with_filter_delete()
+        .with_progress_notify();
+    let mut stream = match client.watch().watch(prefix.to_vec(), options).await {
+        Err(Error::WatchCompacted { .. }) => return Ok(()),
+        other => other?,
+    };
     while let Some(message) = stream.next().await {
-        if let WatchMessage::Events { events, .. } = message?
-            && !events.is_empty()
-        {
-            return Ok(());
+        match message {
+            // The caller reads again either way.
+            Err(Error::WatchCompacted { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+            Ok(WatchMessage::Events { events, .. }) if !events.is_empty() => return Ok(()),
+            Ok(_) => {}
         }
     }
     Err(Error::WatchCanceled {
@@ -337,11 +341,14 @@ impl Leadership {
     /// Resolves when the leadership is over: its key deleted (lease ended, resigned elsewhere) or
     /// replaced. An error if that cannot be watched.
     pub async fn lost(&self, client: &Client) -> Result<(), Error> {
-        let r = client.kv().get(self.key.clone(), GetOptions::new()).await?;
-        if r.kvs.first().map(|kv| kv.create_revision) != Some(self.revision) {
-            return Ok(());
+        loop {
+            let r = client.kv().get(self.key.clone(), GetOptions::new()).await?;
+            if r.kvs.first().map(|kv| kv.create_revision) != Some(self.revision) {
+                return Ok(());
+            }
+            let at = r.header.map_or(0, |h| h.revision);
+            // Returns on the delete, or when its history was compacted: read again.
+            wait_deleted(client, &self.key, at).await?;
         }
-        let at = r.header.map_or(0, |h| h.revision);
-        wait_deleted(client, &self.key, at).await
     }
 }

@@ -90,38 +90,23 @@ impl Mutex {
     /// Waits until the lock is held. Errors: [`Error::SessionExpired`] when the lease ended while
     /// waiting, [`Error::LeaseNotFound`] when it did not exist, or the error of a request.
     pub async fn lock(&self) -> Result<LockHeld, Error> {
-        let key = self.key();
-        let claim = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.clone(),
-                "",
-                PutOptions::new().with_lease(self.lease),
-            )])
-            .or_else([TxnOp::get(key.clone(), GetOptions::new())]);
-        let r = self.client.kv().txn(claim).await?;
-        // From here on the key exists: whatever ends this call early must delete it.
-        let guard = Release::new(&self.client, key.clone());
-        let revision = if r.succeeded {
-            r.header.as_ref().map_or(0, |h| h.revision)
-        } else {
-            match r.responses.first().and_then(|op| op.response.as_ref()) {
-                Some(Response::ResponseRange(range)) => {
-                    range.kvs.first().map_or(0, |kv| kv.create_revision)
-                }
-                _ => 0,
-            }
-        };
-        if revision == 0 {
-            // The key vanished between the compare and the get: its lease is gone.
-            return Err(Error::SessionExpired);
+        if self.lease == 0 {
+            // A key without a lease would never expire, and every caller would share it.
+            return Err(Error::LeaseNotFound);
         }
+        let key = self.key();
+        let (claimed, revision, _) = claim(&self.client, &key, self.lease, b"").await?;
+        // A key put here is deleted if this call ends early; one found (the same lease locking
+        // again) belongs to the earlier call and is left alone.
+        let guard = claimed.then(|| Release::new(&self.client, key.clone(), revision));
         wait_for_predecessors(&self.client, &self.prefix, revision).await?;
         let mine = self.client.kv().get(key.clone(), GetOptions::new()).await?;
         if mine.kvs.first().map(|kv| kv.create_revision) != Some(revision) {
             return Err(Error::SessionExpired);
         }
-        guard.disarm();
+        if let Some(guard) = guard {
+            guard.disarm();
+        }
         Ok(LockHeld {
             key,
             revision,
@@ -160,6 +145,43 @@ impl LockHeld {
     }
 }
 
+/// Puts `key` with `value` on `lease` unless it exists: whether it was put here, its create
+/// revision, and the value found when it existed. The claim is idempotent, so an ambiguous
+/// outcome is simply tried again.
+pub(crate) async fn claim(
+    client: &Client,
+    key: &[u8],
+    lease: i64,
+    value: &[u8],
+) -> Result<(bool, i64, Vec<u8>), Error> {
+    let mut attempts = 0;
+    let r = loop {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.to_vec(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.to_vec(),
+                value.to_vec(),
+                PutOptions::new().with_lease(lease),
+            )])
+            .or_else([TxnOp::get(key.to_vec(), GetOptions::new())]);
+        match client.kv().txn(txn).await {
+            Err(e) if e.is_unknown_outcome() && attempts < 3 => attempts += 1,
+            other => break other?,
+        }
+    };
+    if r.succeeded {
+        return Ok((true, r.header.map_or(0, |h| h.revision), value.to_vec()));
+    }
+    let found = match r.responses.into_iter().next().and_then(|op| op.response) {
+        Some(Response::ResponseRange(range)) => range.kvs.into_iter().next(),
+        _ => None,
+    };
+    // Gone between the compare and the get: its lease ended.
+    found
+        .map(|kv| (false, kv.create_revision, kv.value))
+        .ok_or(Error::SessionExpired)
+}
+
 /// Waits until no key under `prefix` was created before `revision`, watching only the latest
 /// such key each time (the queue of a lock or an election).
 pub(crate) async fn wait_for_predecessors(
@@ -187,17 +209,29 @@ pub(crate) async fn wait_for_predecessors(
     }
 }
 
-/// Waits until `key`, which existed at revision `at`, is deleted.
+/// Waits until `key`, which existed at revision `at`, is deleted — or until the history it
+/// would be watched from was compacted, which the caller cannot tell apart: callers re-read.
 pub(crate) async fn wait_deleted(client: &Client, key: &[u8], at: i64) -> Result<(), Error> {
+    // Progress notifications move the watch's resume point along while the key stays idle, so
+    // a reconnect after a compaction does not resume from a compacted revision.
     let options = WatchOptions::new()
         .with_start_revision(at + 1)
-        .with_filter_put();
-    let mut stream = client.watch().watch(key.to_vec(), options).await?;
+        .with_filter_put()
+        .with_progress_notify();
+    let mut stream = match client.watch().watch(key.to_vec(), options).await {
+        Err(Error::WatchCompacted { .. }) => return Ok(()),
+        other => other?,
+    };
     while let Some(message) = stream.next().await {
-        if let WatchMessage::Events { events, .. } = message?
-            && events.iter().any(|e| e.r#type == EventType::Delete as i32)
-        {
-            return Ok(());
+        match message {
+            Err(Error::WatchCompacted { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+            Ok(WatchMessage::Events { events, .. })
+                if events.iter().any(|e| e.r#type == EventType::Delete as i32) =>
+            {
+                return Ok(());
+            }
+            Ok(_) => {}
         }
     }
     Err(Error::WatchCanceled {
@@ -210,13 +244,16 @@ pub(crate) async fn wait_deleted(client: &Client, key: &[u8], at: i64) -> Result
 pub(crate) struct Release {
     client: Client,
     key: Option<Vec<u8>>,
+    revision: i64,
 }
 
 impl Release {
-    pub(crate) fn new(client: &Client, key: Vec<u8>) -> Release {
+    /// Deletes `key` if it still has create revision `revision` (never a later holder's key).
+    pub(crate) fn new(client: &Client, key: Vec<u8>, revision: i64) -> Release {
         Release {
             client: client.clone(),
             key: Some(key),
+            revision,
         }
     }
 
@@ -229,9 +266,16 @@ impl Drop for Release {
     fn drop(&mut self) {
         let Some(key) = self.key.take() else { return };
         let client = self.client.clone();
+        let fenced = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                self.revision,
+            )])
+            .and_then([TxnOp::delete(key, DeleteOptions::new())]);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(e) = client.kv().delete(key, DeleteOptions::new()).await {
+                if let Err(e) = client.kv().txn(fenced).await {
                     tracing::debug!(error = %e, "could not delete an abandoned lock key");
                 }
             });

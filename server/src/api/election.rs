@@ -6,7 +6,8 @@
 //! act only while that key still has that create revision ("election: not leader" otherwise);
 //! Leader(name) answers the leader's key-value ("election: no leader"); Observe(name) streams every
 //! leader and every value it proclaims. A request without `leader` answers etcd's
-//! `"leader" field must be provided`. The caller keeps its lease alive.
+//! `"leader" field must be provided`. The caller keeps its lease alive; a campaign without one (0)
+//! gets a lease of 60 s, as etcd does.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -52,8 +53,9 @@ impl ElectionRpc for ElectionService {
     ) -> Result<Response<CampaignResponse>, Status> {
         let req = req.into_inner();
         let client = self.loopback.client().await?;
+        let lease = self.loopback.lease_or_new(req.lease).await?;
         let won = Election::new(client, req.name)
-            .campaign_with_lease(req.lease, req.value)
+            .campaign_with_lease(lease, req.value)
             .await
             .map_err(from_client)?;
         Ok(Response::new(CampaignResponse {
@@ -115,8 +117,9 @@ impl ElectionRpc for ElectionService {
                     next = observer.next() => next,
                 };
                 let Some(next) = next else { return };
+                // The member's current revision, as etcd's response headers carry.
                 let item = next.map_err(from_client).map(|kv| LeaderResponse {
-                    header: Some(ctx.header(kv.mod_revision)),
+                    header: Some(ctx.header(0)),
                     kv: Some(kv),
                 });
                 let failed = item.is_err();

@@ -4,7 +4,8 @@
 //!
 //! Contract: Lock(name, lease) waits (no deadline but the caller's) until the lock is held and
 //! answers the lock key, `<name>/<lease in hex>`, which exists exactly as long as the lock is held;
-//! its create revision is the fencing token. The lease is the caller's to keep alive. A lease that
+//! its create revision is the fencing token. The lease is the caller's to keep alive; without one
+//! (0) a lease of 60 s is granted for the request, as etcd does. A lease that
 //! does not exist answers "etcdserver: requested lease not found"; one that ends while waiting
 //! answers "session expired" (etcd's text). A caller that gives up (cancels) leaves no key behind.
 //! Unlock(key) deletes the key.
@@ -34,7 +35,8 @@ impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let req = req.into_inner();
         let client = self.loopback.client().await?;
-        let held = Mutex::with_lease(client, req.name, req.lease)
+        let lease = self.loopback.lease_or_new(req.lease).await?;
+        let held = Mutex::with_lease(client, req.name, lease)
             .lock()
             .await
             .map_err(from_client)?;

@@ -9,6 +9,9 @@ use tonic::Status;
 
 use super::status::from_client;
 
+/// etcd's `concurrency` session TTL, for lock and campaign requests that name no lease.
+const DEFAULT_SESSION_TTL: i64 = 60;
+
 pub struct Loopback {
     endpoint: String,
     client: OnceCell<Client>,
@@ -21,6 +24,22 @@ impl Loopback {
             endpoint,
             client: OnceCell::new(),
         }
+    }
+
+    /// `lease`, or when it is 0 a new lease of etcd's default session TTL (60 s) that nobody
+    /// keeps alive — what etcd's lock and election services do for a request without a lease.
+    pub async fn lease_or_new(&self, lease: i64) -> Result<i64, Status> {
+        if lease != 0 {
+            return Ok(lease);
+        }
+        let granted = self
+            .client()
+            .await?
+            .lease()
+            .grant(DEFAULT_SESSION_TTL, None)
+            .await
+            .map_err(from_client)?;
+        Ok(granted.id)
     }
 
     /// The client, connecting it first if needed (the server is listening by then).

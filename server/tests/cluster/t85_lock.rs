@@ -89,6 +89,32 @@ async fn relocking_with_the_same_lease_is_not_a_deadlock_and_bad_leases_are_refu
         .await
         .unwrap_err();
     assert_eq!(refused.message(), "etcdserver: requested lease not found");
+
+    // Without a lease each request gets its own (as etcd): two of them exclude each other.
+    let first = locks
+        .lock(LockRequest {
+            name: b"nolease".to_vec(),
+            lease: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let second = tokio::time::timeout(
+        Duration::from_millis(500),
+        locks.clone().lock(LockRequest {
+            name: b"nolease".to_vec(),
+            lease: 0,
+        }),
+    )
+    .await;
+    assert!(
+        second.is_err(),
+        "a second lease-less lock waits for the first"
+    );
+    locks
+        .unlock(UnlockRequest { key: first.key })
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
