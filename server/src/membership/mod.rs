@@ -8,6 +8,8 @@
 //! transaction. A member that joins a running cluster takes its identity from the cluster's table
 //! ([`Membership::join`]).
 
+pub mod rules;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
