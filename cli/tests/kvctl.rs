@@ -594,9 +594,13 @@ async fn group_join_list_and_watch() {
     let wait = std::time::Duration::from_secs(10);
     assert_eq!(kvctl(ep, &["group", "list", "a/b"]).status.code(), Some(2));
 
-    let mut watcher = kvctl_child(ep, &["group", "watch", "g1"]);
+    // Watch from the revision after now, so the join below is seen however late the watch starts.
+    let now = json(&kvctl(ep, &["get", "g1", "-w", "json"]))["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    let from = (now + 1).to_string();
+    let mut watcher = kvctl_child(ep, &["group", "watch", "g1", "--rev", &from]);
     let seen = lines_of(&mut watcher);
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let mut member = kvctl_child(ep, &["group", "join", "g1", "w1", "--metadata", "10.0.0.1"]);
     let joined = lines_of(&mut member);
     assert!(

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::client::Client;
 use crate::error::Error;
 use crate::kv::{DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget};
-use crate::mutex::{Release, claim, wait_deleted, wait_for_predecessors};
+use crate::mutex::{Release, claim, first_event, wait_deleted, wait_for_predecessors};
 use crate::session::Session;
 use crate::txn::{Compare, CompareOp, Txn, TxnOp};
 use crate::watch::{WatchMessage, WatchOptions};
@@ -238,29 +238,13 @@ async fn follow(
     }
 }
 
-/// Waits for a put under `prefix` after revision `at`.
+/// Waits for a put under `prefix` after revision `at` (or a compaction: the caller reads again).
 async fn wait_for_put(client: &Client, prefix: &[u8], at: i64) -> Result<(), Error> {
-    let options = WatchOptions::new()
+    let puts = WatchOptions::new()
         .with_prefix()
         .with_start_revision(at + 1)
-        .with_filter_delete()
-        .with_progress_notify();
-    let mut stream = match client.watch().watch(prefix.to_vec(), options).await {
-        Err(Error::WatchCompacted { .. }) => return Ok(()),
-        other => other?,
-    };
-    while let Some(message) = stream.next().await {
-        match message {
-            // The caller reads again either way.
-            Err(Error::WatchCompacted { .. }) => return Ok(()),
-            Err(e) => return Err(e),
-            Ok(WatchMessage::Events { events, .. }) if !events.is_empty() => return Ok(()),
-            Ok(_) => {}
-        }
-    }
-    Err(Error::WatchCanceled {
-        reason: "the watch on the election ended".into(),
-    })
+        .with_filter_delete();
+    first_event(client, prefix, puts).await
 }
 
 impl Leadership {

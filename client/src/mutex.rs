@@ -13,7 +13,6 @@
 
 use conclave_proto::etcdserverpb::ResponseHeader;
 use conclave_proto::etcdserverpb::response_op::Response;
-use conclave_proto::mvccpb::event::EventType;
 
 use crate::client::Client;
 use crate::error::Error;
@@ -212,30 +211,35 @@ pub(crate) async fn wait_for_predecessors(
 /// Waits until `key`, which existed at revision `at`, is deleted — or until the history it
 /// would be watched from was compacted, which the caller cannot tell apart: callers re-read.
 pub(crate) async fn wait_deleted(client: &Client, key: &[u8], at: i64) -> Result<(), Error> {
-    // Progress notifications move the watch's resume point along while the key stays idle, so
-    // a reconnect after a compaction does not resume from a compacted revision.
-    let options = WatchOptions::new()
+    let deletes = WatchOptions::new()
         .with_start_revision(at + 1)
-        .with_filter_put()
-        .with_progress_notify();
+        .with_filter_put();
+    first_event(client, key, deletes).await
+}
+
+/// Waits for the first event of a watch on `key` with `options` (which filter and place it), or
+/// for its history to be compacted (the caller reads again either way). Progress notifications
+/// move the watch's resume point along while nothing happens, so a reconnect after a compaction
+/// does not resume from a compacted revision.
+pub(crate) async fn first_event(
+    client: &Client,
+    key: &[u8],
+    options: WatchOptions,
+) -> Result<(), Error> {
+    let options = options.with_progress_notify();
     let mut stream = match client.watch().watch(key.to_vec(), options).await {
         Err(Error::WatchCompacted { .. }) => return Ok(()),
         other => other?,
     };
     while let Some(message) = stream.next().await {
         match message {
-            Err(Error::WatchCompacted { .. }) => return Ok(()),
+            Err(Error::WatchCompacted { .. }) | Ok(WatchMessage::Events { .. }) => return Ok(()),
             Err(e) => return Err(e),
-            Ok(WatchMessage::Events { events, .. })
-                if events.iter().any(|e| e.r#type == EventType::Delete as i32) =>
-            {
-                return Ok(());
-            }
-            Ok(_) => {}
+            Ok(WatchMessage::Progress { .. }) => {}
         }
     }
     Err(Error::WatchCanceled {
-        reason: "the watch on a predecessor ended".into(),
+        reason: "the watch ended".into(),
     })
 }
 

@@ -18,9 +18,7 @@ use conclave_proto::v3electionpb::{
     CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
     ProclaimResponse, ResignRequest, ResignResponse,
 };
-use futures::Stream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::Context;
@@ -107,28 +105,21 @@ impl ElectionRpc for ElectionService {
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         let client = self.loopback.client().await?;
-        let mut observer = Election::new(client, req.into_inner().name).observe();
-        let (tx, rx) = mpsc::channel(16);
+        let observer = Election::new(client, req.into_inner().name).observe();
         let ctx = self.ctx.clone();
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    _ = tx.closed() => return,
-                    next = observer.next() => next,
-                };
-                let Some(next) = next else { return };
-                // The member's current revision, as etcd's response headers carry.
-                let item = next.map_err(from_client).map(|kv| LeaderResponse {
-                    header: Some(ctx.header(0)),
-                    kv: Some(kv),
-                });
-                let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
-                    return;
-                }
-            }
+        // The stream owns the observer: when the caller goes away, tonic drops both, and the
+        // observer's watches end with it. An error ends the stream (tonic sends it as the status).
+        let leaders = futures::stream::unfold(observer, |mut o| async move {
+            o.next().await.map(|item| (item, o))
+        })
+        .map(move |item| {
+            // The member's current revision, as etcd's response headers carry.
+            item.map_err(from_client).map(|kv| LeaderResponse {
+                header: Some(ctx.header(0)),
+                kv: Some(kv),
+            })
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(leaders)))
     }
 
     async fn resign(

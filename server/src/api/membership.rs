@@ -18,9 +18,7 @@ use conclave_proto::conclave::v1::{
     JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, ListRequest, ListResponse,
     WatchGroupRequest, WatchGroupResponse,
 };
-use futures::Stream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::Context;
@@ -119,31 +117,23 @@ impl Membership for MembershipService {
         req: Request<WatchGroupRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = req.into_inner();
-        let mut changes = self
+        let changes = self
             .group(&req.group)
             .await?
             .watch(req.start_revision)
             .await
             .map_err(from_client)?;
-        let (tx, rx) = mpsc::channel(16);
         let ctx = self.ctx.clone();
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    _ = tx.closed() => return,
-                    next = changes.next() => next,
-                };
-                let Some(next) = next else { return };
-                let item = next.map_err(from_client).map(|events| WatchGroupResponse {
-                    header: Some(ctx.header(events.last().map_or(0, |e| e.revision))),
-                    events,
-                });
-                let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
-                    return;
-                }
-            }
+        // The stream owns the group watch: when the caller goes away, tonic drops both.
+        let events = futures::stream::unfold(changes, |mut c| async move {
+            c.next().await.map(|item| (item, c))
+        })
+        .map(move |item| {
+            item.map_err(from_client).map(|events| WatchGroupResponse {
+                header: Some(ctx.header(events.last().map_or(0, |e| e.revision))),
+                events,
+            })
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(events)))
     }
 }

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use conclave_client::{Client, DeleteOptions, GetOptions, PutOptions};
+use conclave_client::{Client, DeleteOptions, GetOptions, Kv, PutOptions};
 
 use conclave_testkit::ClusterBuilder;
 
@@ -35,6 +35,28 @@ async fn serves_locally(client: &Client, prefix: &str, count: i64) -> bool {
     .is_ok()
 }
 
+/// Writes 2,000 keys of 4 KiB under `prefix` (8 MiB of history), eight writers at a time.
+async fn fill(kv: &Kv, prefix: &str) {
+    let mut writers = Vec::new();
+    for t in 0..8u8 {
+        let (kv, prefix) = (kv.clone(), prefix.to_string());
+        writers.push(tokio::spawn(async move {
+            for i in 0..250 {
+                kv.put(
+                    format!("{prefix}{t}/{i:04}"),
+                    vec![t; 4096],
+                    PutOptions::new(),
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+}
+
 fn db_file_size(dir: &std::path::Path) -> u64 {
     std::fs::metadata(dir.join("conclave.redb")).unwrap().len()
 }
@@ -52,24 +74,7 @@ async fn defragmenting_the_leader_under_writes_shrinks_its_file_and_loses_nothin
     let kv = client.kv();
 
     // Fill ~8 MiB of history, then delete it and compact it away: free pages in the file.
-    let mut fill = Vec::new();
-    for t in 0..8 {
-        let kv = kv.clone();
-        fill.push(tokio::spawn(async move {
-            for i in 0..250 {
-                kv.put(
-                    format!("big/{t}/{i:04}"),
-                    vec![t as u8; 4096],
-                    PutOptions::new(),
-                )
-                .await
-                .unwrap();
-            }
-        }));
-    }
-    for f in fill {
-        f.await.unwrap();
-    }
+    fill(&kv, "big/").await;
     let deleted = kv
         .delete("big/", DeleteOptions::new().with_prefix())
         .await
@@ -153,24 +158,7 @@ async fn a_member_killed_while_defragmenting_restarts_from_its_old_file() {
     let victim = c.leader_index().await.unwrap();
     let client = c.client(victim).await.unwrap();
     let kv = client.kv();
-    let mut fill = Vec::new();
-    for t in 0..8 {
-        let kv = kv.clone();
-        fill.push(tokio::spawn(async move {
-            for i in 0..250 {
-                kv.put(
-                    format!("k/{t}/{i:04}"),
-                    vec![t as u8; 4096],
-                    PutOptions::new(),
-                )
-                .await
-                .unwrap();
-            }
-        }));
-    }
-    for f in fill {
-        f.await.unwrap();
-    }
+    fill(&kv, "k/").await;
     let data_dir = c.data_dir(victim).unwrap();
     let copy = data_dir.join("conclave.redb.defrag");
     let endpoint = c.client_endpoint(victim);

@@ -174,7 +174,22 @@ async fn a_waiter_whose_lease_ends_gets_session_expired_and_a_cancelled_one_leav
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Revoke only once the waiter is queued (its key exists), not before it claimed.
+    let queued = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let r = client
+                .kv()
+                .get(format!("wait/{doomed:x}"), GetOptions::new())
+                .await
+                .unwrap();
+            if !r.kvs.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(queued.is_ok(), "the waiter queued");
     client.lease().revoke(doomed).await.unwrap();
     locks.unlock(UnlockRequest { key: held.key }).await.unwrap();
     let answer = waiter.await.unwrap().unwrap_err();
