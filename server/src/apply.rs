@@ -278,8 +278,10 @@ impl Applier {
             | Op::Alarm(_) => Ok(ApplyOutput::Done),
         };
         let done = w.finish();
+        if !done.lease_moves.is_empty() {
+            self.lessor.on_lease_moves(&done.lease_moves);
+        }
         if !done.events.is_empty() {
-            self.lessor.on_events(&done.events);
             changes.push((done.revision, done.events));
         }
         match result {

@@ -159,6 +159,8 @@ pub struct Metrics {
     pub apply_duration: Histogram,
     /// One durable append of the raft log (the fsync path).
     pub wal_fsync_duration: Histogram,
+    /// One durable commit of the state database (made before the log is truncated).
+    pub backend_sync_duration: Histogram,
     /// One defragmentation, copy and swap.
     pub defrag_duration: Histogram,
     /// Writes held while a defragmentation's copy was caught up and swapped in.
@@ -181,6 +183,7 @@ pub fn get() -> &'static Metrics {
         snapshots_installed: AtomicU64::new(0),
         apply_duration: Histogram::new(),
         wal_fsync_duration: Histogram::new(),
+        backend_sync_duration: Histogram::new(),
         defrag_duration: Histogram::new(),
         defrag_pause: Histogram::new(),
         rpcs: METHODS
@@ -273,6 +276,11 @@ impl Metrics {
                 "etcd_disk_wal_fsync_duration_seconds",
                 "Durable raft log appends.",
                 &self.wal_fsync_duration,
+            ),
+            (
+                "conclave_disk_backend_sync_duration_seconds",
+                "Durable commits of the state database (apply commits without syncing).",
+                &self.backend_sync_duration,
             ),
             (
                 "etcd_disk_backend_defrag_duration_seconds",

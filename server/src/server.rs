@@ -147,6 +147,7 @@ async fn ask_members(settings: &Settings) -> Result<(u64, Vec<MemberRecord>), Ru
 /// Runs a member until `shutdown` completes. Returns an error if it could not start or failed.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let handle = storage::open(&settings.data_dir)?;
+    let log_db = storage::open_log(&settings.data_dir, &handle)?;
     let db = handle.get();
     let snapshot_dir = settings.data_dir.join("snap");
     snapshot::clear_dir(&snapshot_dir)?;
@@ -172,7 +173,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         restarted = !fresh,
         "starting member"
     );
-    let log = RaftLog::open(handle.clone())?;
+    let log = RaftLog::open(log_db, handle.clone())?;
     let log_handle = log.clone();
     let started = Instant::now();
     let store = Arc::new(Store::open(handle.clone())?);

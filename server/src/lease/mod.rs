@@ -19,13 +19,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use conclave_proto::etcdserverpb::LeaseCheckpoint;
-use conclave_proto::mvccpb::{Event, event::EventType};
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::ServerError;
-use crate::mvcc::Store;
+use crate::mvcc::{LeaseMove, Store};
 use crate::storage::{LEASES, StorageResult};
 
 /// etcd's largest TTL (`MaxLeaseTTL`), in seconds.
@@ -265,24 +264,15 @@ impl Lessor {
         Ok(())
     }
 
-    /// Follows the keys' lease attachments through a request's events.
-    pub fn on_events(&self, events: &[Event]) {
+    /// Follows the keys' lease attachments through a request's changes.
+    pub fn on_lease_moves(&self, moves: &[LeaseMove]) {
         let mut inner = self.lock();
-        for e in events {
-            let prev = e.prev_kv.as_ref().map_or(0, |p| p.lease);
-            let (key, now) = match (&e.kv, EventType::try_from(e.r#type)) {
-                (Some(kv), Ok(EventType::Put)) => (&kv.key, kv.lease),
-                (Some(kv), _) => (&kv.key, 0),
-                (None, _) => continue,
-            };
-            if prev == now {
-                continue;
+        for m in moves {
+            if let Some(l) = inner.leases.get_mut(&m.from) {
+                l.keys.remove(&m.key);
             }
-            if let Some(l) = inner.leases.get_mut(&prev) {
-                l.keys.remove(key);
-            }
-            if let Some(l) = inner.leases.get_mut(&now) {
-                l.keys.insert(key.clone());
+            if let Some(l) = inner.leases.get_mut(&m.to) {
+                l.keys.insert(m.key.clone());
             }
         }
     }

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use conclave_proto::mvccpb::{Event, KeyValue, event::EventType};
 use tokio::time::Instant;
 
 use super::*;
@@ -38,19 +37,11 @@ impl Fixture {
     }
 }
 
-fn put_event(key: &str, lease: i64, prev_lease: Option<i64>) -> Event {
-    Event {
-        r#type: EventType::Put as i32,
-        kv: Some(KeyValue {
-            key: key.into(),
-            lease,
-            ..Default::default()
-        }),
-        prev_kv: prev_lease.map(|l| KeyValue {
-            key: key.into(),
-            lease: l,
-            ..Default::default()
-        }),
+fn moved(key: &str, from: i64, to: i64) -> LeaseMove {
+    LeaseMove {
+        key: key.into(),
+        from,
+        to,
     }
 }
 
@@ -77,23 +68,10 @@ async fn keys_follow_their_lease_and_revoke_returns_them() {
     f.grant(1, 10).unwrap();
     f.grant(2, 10).unwrap();
     f.lessor
-        .on_events(&[put_event("a", 1, None), put_event("b", 1, None)]);
+        .on_lease_moves(&[moved("a", 0, 1), moved("b", 0, 1)]);
     // "b" moves to lease 2, "a" is deleted.
-    f.lessor.on_events(&[
-        put_event("b", 2, Some(1)),
-        Event {
-            r#type: EventType::Delete as i32,
-            kv: Some(KeyValue {
-                key: b"a".to_vec(),
-                ..Default::default()
-            }),
-            prev_kv: Some(KeyValue {
-                key: b"a".to_vec(),
-                lease: 1,
-                ..Default::default()
-            }),
-        },
-    ]);
+    f.lessor
+        .on_lease_moves(&[moved("b", 1, 2), moved("a", 1, 0)]);
     let ttl = f.lessor.time_to_live(2, Instant::now(), true).unwrap();
     assert_eq!(ttl.keys, vec![b"b".to_vec()]);
     let keys = f.write(|t| f.lessor.revoke(t, 1).unwrap()).unwrap();

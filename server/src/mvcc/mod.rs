@@ -451,8 +451,25 @@ impl Store {
             main,
             sub: 0,
             events: Vec::new(),
+            lease_moves: Vec::new(),
         })
     }
+
+    /// The value `key` had just before revision `main` (None if it was not live then), from a
+    /// read transaction of its own. Fails with `Compacted` if that history is gone.
+    pub fn value_before_revision(&self, key: &[u8], main: i64) -> MvccResult<Option<KeyValue>> {
+        let txn = self.db.begin_read().map_err(StorageError::from)?;
+        let table = txn.open_table(MVCC).map_err(StorageError::from)?;
+        self.value_before(&table, key, main)
+    }
+}
+
+/// A key attached to another lease (0: none) by a put or a delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseMove {
+    pub key: Vec<u8>,
+    pub from: i64,
+    pub to: i64,
 }
 
 /// The changes of one request: every write gets revision `main` with increasing `sub`. Reads through
@@ -465,14 +482,17 @@ pub struct Writer<'s, 't> {
     main: i64,
     sub: i64,
     events: Vec<Event>,
+    lease_moves: Vec<LeaseMove>,
 }
 
-/// What one request changed: the store revision after it and its events (every event carries
-/// the key's previous value, if it had one).
+/// What one request changed: the store revision after it, its events, and the keys whose lease
+/// attachment changed. A delete event carries the deleted value as `prev_kv`; a put event carries
+/// none (reading it would cost every put a database read: see [`Store::value_before_revision`]).
 #[derive(Debug, Default)]
 pub struct Changes {
     pub revision: i64,
     pub events: Vec<Event>,
+    pub lease_moves: Vec<LeaseMove>,
 }
 
 impl Writer<'_, '_> {
@@ -520,12 +540,18 @@ impl Writer<'_, '_> {
         }
     }
 
-    /// Writes `key = value` with `lease`; returns the previous value if the key was live.
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> MvccResult<Option<KeyValue>> {
-        let prev = self.get(key)?;
+    /// Writes `key = value` with `lease`. Reads nothing: the previous value is not looked up.
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> MvccResult<()> {
         let rev = Revision::new(self.main, self.sub);
         let history = self.index.keys.entry(key.to_vec()).or_default();
         let (create_revision, version) = history.put(rev);
+        if history.lease != lease {
+            self.lease_moves.push(LeaseMove {
+                key: key.to_vec(),
+                from: history.lease,
+                to: lease,
+            });
+        }
         history.lease = lease;
         let kv = KeyValue {
             key: key.to_vec(),
@@ -542,9 +568,9 @@ impl Writer<'_, '_> {
         self.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv),
-            prev_kv: prev.clone(),
+            prev_kv: None,
         });
-        Ok(prev)
+        Ok(())
     }
 
     /// Deletes every live key in `range`; returns their last values, in key order.
@@ -555,6 +581,13 @@ impl Writer<'_, '_> {
             if let Some(history) = self.index.keys.get_mut(&kv.key) {
                 history.tombstone(rev);
                 history.lease = 0;
+            }
+            if kv.lease != 0 {
+                self.lease_moves.push(LeaseMove {
+                    key: kv.key.clone(),
+                    from: kv.lease,
+                    to: 0,
+                });
             }
             let tomb = KeyValue {
                 key: kv.key.clone(),
@@ -614,6 +647,7 @@ impl Writer<'_, '_> {
         Changes {
             revision: self.index.current,
             events: std::mem::take(&mut self.events),
+            lease_moves: std::mem::take(&mut self.lease_moves),
         }
     }
 }

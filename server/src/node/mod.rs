@@ -539,7 +539,12 @@ impl Driver {
                 }
                 Some(reply) = self.defrags.recv() => self.defragmenter.request(reply),
                 copy = self.defragmenter.copied() => self.defragmenter.finish(copy)?,
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.changed() => {
+                    // A restart after a clean stop replays nothing.
+                    let applied = *self.applied.borrow();
+                    self.log.sync_state(applied)?;
+                    return Ok(());
+                }
             }
             self.on_ready(&applier)?;
             self.maybe_truncate_log()?;
@@ -700,7 +705,9 @@ impl Driver {
     }
 
     /// Drops log entries far enough behind the applied index. A leader also keeps what its
-    /// followers still need, unless they are far behind (they get a snapshot instead).
+    /// followers still need, unless they are far behind (they get a snapshot instead). Apply does
+    /// not sync the state database; this does, before truncating and at least once per
+    /// retention's worth of entries.
     fn maybe_truncate_log(&mut self) -> Result<(), NodeError> {
         let applied = *self.applied.borrow();
         let first = self.log.first_index();
@@ -718,9 +725,16 @@ impl Driver {
             let allowance = SLOW_FOLLOWER_ALLOWANCE * retention;
             target = target.min(slowest.max(applied.saturating_sub(allowance)));
         }
-        // In steps of a tenth of the retention: one durable delete per step.
+        // In steps of a tenth of the retention: one durable delete per step, after making the
+        // state database hold durably what the dropped entries did.
         if target >= first + (retention / 10).max(1) {
+            if self.log.state_synced() + 1 < target {
+                self.log.sync_state(applied)?;
+            }
             self.log.truncate_prefix(target)?;
+        } else if applied >= self.log.state_synced() + retention {
+            // The log is kept (a follower is behind): still bound what a restart replays.
+            self.log.sync_state(applied)?;
         }
         Ok(())
     }

@@ -249,7 +249,8 @@ pub fn restore(
     let db = super::open(data_dir)?;
     let (membership, _, _) = Membership::open_or_bootstrap(&db.get(), name, initial, token)?;
     let voters: Vec<u64> = membership.list().iter().map(|m| m.id).collect();
-    RaftLog::open(db.clone())?.bootstrap(ConfState::from((voters, vec![])))?;
+    RaftLog::open(super::open_log(data_dir, &db)?, db.clone())?
+        .bootstrap(ConfState::from((voters, vec![])))?;
     let mut body = open_body(path, info.data_bytes)?;
     read_header(&mut body)?;
     let txn = db.begin_write().map_err(StorageError::from)?;

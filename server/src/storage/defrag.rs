@@ -1,5 +1,6 @@
-//! Defragmentation: replaces the member's database file with a compacted copy while the member
-//! keeps serving.
+//! Defragmentation: replaces the member's state database file with a compacted copy while the
+//! member keeps serving. (The log database stays small: its front is truncated as the state
+//! advances, and redb reuses the pages.)
 //!
 //! Contract:
 //! - [`copy`] runs on any thread and pauses nothing: it copies every table of one read
@@ -7,10 +8,8 @@
 //!   catches it up once from a later read transaction (the same way as below, without holding
 //!   anyone), so that little is left for the pause.
 //! - [`catch_up`] runs where nothing else writes (the raft task, between two of its writes): it
-//!   brings the copy up to date with what was written meanwhile — raft log entries (by raft's log
-//!   matching: an entry with the same index and bytes is the same entry, and so is every entry
-//!   before it), MVCC rows after the last copied one, and the small tables whole — commits it
-//!   durably ([`catch_up`]); then [`install`] renames it over the database file and makes it
+//!   brings the copy up to date with what was written meanwhile — MVCC rows after the last copied
+//!   one, and the small tables whole — commits it durably ([`catch_up`]); then [`install`] renames it over the database file and makes it
 //!   current ([`Db::replace`]). Writers wait for these two only; readers never wait.
 //! - MVCC rows only ever get appended, except by a compaction. A compaction applied while copying
 //!   makes the copy stale (the caller copies again); a snapshot installed meanwhile
@@ -28,7 +27,7 @@ use redb::{
 };
 
 use super::{
-    ALARMS, DB_FILE, Db, LEASES, MEMBERS, META, META_COMPACTED_REV, MVCC, RAFT_LOG, RAFT_STATE,
+    ALARMS, DB_FILE, Db, LEASES, MEMBERS, META, META_COMPACTED_REV, MVCC, RAFT_APPLIED,
     REMOVED_MEMBERS, StorageResult, create_file,
 };
 
@@ -66,7 +65,6 @@ pub fn copy(db_handle: &Db, from: ReadTransaction, data_dir: &Path) -> StorageRe
     let path = data_dir.join(COPY_FILE);
     let result = (|| {
         let mut db = create_file(&path)?;
-        copy_batched(&from, &db, RAFT_LOG)?;
         copy_batched(&from, &db, MVCC)?;
         let txn = db.begin_write()?;
         copy_small_tables(&from, &txn)?;
@@ -164,50 +162,16 @@ fn apply_changes(
         }
         newest = from.last()?.map(|(k, _)| k.value());
     }
-    catch_up_log(current, &txn)?;
     copy_small_tables(current, &txn)?;
     txn.commit()?;
     copy.last_row = newest.or(copy.last_row);
     Ok(true)
 }
 
-/// Makes the copy's raft log equal to the current one, rewriting only what differs.
-fn catch_up_log(current: &ReadTransaction, txn: &WriteTransaction) -> StorageResult<()> {
-    let from = current.open_table(RAFT_LOG)?;
-    let mut to = txn.open_table(RAFT_LOG)?;
-    let (Some((first, _)), Some((last, _))) = (from.first()?, from.last()?) else {
-        to.retain(|_, _| false)?;
-        return Ok(());
-    };
-    let (first, last) = (first.value(), last.value());
-    // The highest index holding the same entry in both: by log matching, all before it agree.
-    let mut common = None;
-    if let Some((copied_last, _)) = to.last()? {
-        let mut index = copied_last.value().min(last);
-        while index >= first {
-            match (from.get(index)?, to.get(index)?) {
-                (Some(a), Some(b)) if a.value() == b.value() => {
-                    common = Some(index);
-                    break;
-                }
-                (_, None) => break,
-                _ if index == first => break,
-                _ => index -= 1,
-            }
-        }
-    }
-    let keep_to = common.unwrap_or(0);
-    to.retain(|index, _| index >= first && index <= keep_to)?;
-    for row in from.range(keep_to.max(first - 1) + 1..)? {
-        let (k, v) = row?;
-        to.insert(k.value(), v.value())?;
-    }
-    Ok(())
-}
-
-/// Copies the tables that stay small (members, leases, alarms, raft state, counters) whole.
+/// Copies the tables that stay small (members, leases, alarms, raft configuration, counters)
+/// whole.
 fn copy_small_tables(from: &ReadTransaction, to: &WriteTransaction) -> StorageResult<()> {
-    copy_table(from, to, RAFT_STATE)?;
+    copy_table(from, to, RAFT_APPLIED)?;
     copy_table(from, to, MEMBERS)?;
     copy_table(from, to, REMOVED_MEMBERS)?;
     copy_table(from, to, ALARMS)?;
@@ -283,8 +247,7 @@ mod tests {
                 out.push(format!("{t}: {:?} = {:?}", k.value(), v.value()));
             }
         }
-        rows(&txn, RAFT_LOG, &mut out);
-        rows(&txn, RAFT_STATE, &mut out);
+        rows(&txn, RAFT_APPLIED, &mut out);
         rows(&txn, MVCC, &mut out);
         rows(&txn, MEMBERS, &mut out);
         rows(&txn, REMOVED_MEMBERS, &mut out);
@@ -309,21 +272,11 @@ mod tests {
         });
     }
 
-    fn put_log(db: &Db, indexes: std::ops::RangeInclusive<u64>, term: u8) {
-        write(db, |txn| {
-            let mut t = txn.open_table(RAFT_LOG).unwrap();
-            for i in indexes {
-                t.insert(i, [term; 8].as_slice()).unwrap();
-            }
-        });
-    }
-
     #[test]
     fn the_copy_catches_up_with_writes_made_while_copying_and_replaces_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let db = storage::open(dir.path()).unwrap();
         put_rows(&db, 1..2001, &[7u8; 1024]);
-        put_log(&db, 1..=100, 1);
         // Free most of the file: what defragmentation gives back.
         write(&db, |txn| {
             txn.open_table(MVCC)
@@ -334,15 +287,13 @@ mod tests {
         let before = storage::file_size(dir.path());
 
         let copy = copy(&db, db.begin_read().unwrap(), dir.path()).unwrap();
-        // Meanwhile: new rows, a log truncated at the front and overwritten at the tail (a new
-        // term), a lease, a counter.
+        // Meanwhile: new rows, a conf state, a lease, a counter.
         put_rows(&db, 2001..2101, b"new");
         write(&db, |txn| {
-            let mut t = txn.open_table(RAFT_LOG).unwrap();
-            t.retain(|i, _| (10..=95).contains(&i)).unwrap();
-        });
-        put_log(&db, 96..=120, 2);
-        write(&db, |txn| {
+            txn.open_table(RAFT_APPLIED)
+                .unwrap()
+                .insert("conf_state", b"cs".as_slice())
+                .unwrap();
             txn.open_table(LEASES).unwrap().insert(5, (10, 3)).unwrap();
             txn.open_table(META)
                 .unwrap()

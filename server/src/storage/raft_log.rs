@@ -2,8 +2,16 @@
 //!
 //! Contract (raft-rs): if a method here fails, the raft instance is inoperable and the member stops.
 //! Writes (`append`, `truncate_prefix`) are called only by the raft task; reads come from
-//! raft-rs on the same task. Entries, term and vote are made durable (`Durability::Immediate`) before
-//! `append` returns, so the raft task may send the messages that depend on them afterwards.
+//! raft-rs on the same task. Entries, term and vote are made durable (`Durability::Immediate`) in
+//! the log database before `append` returns, so the raft task may send the messages that depend
+//! on them afterwards. The conf state lives in the state database, written with the applied
+//! state it belongs to.
+//!
+//! Across the two databases (see [`crate::storage`]): the log is truncated only up to what the
+//! state database holds durably ([`RaftLog::truncate_prefix`] syncs it first), so at start the log
+//! always holds every entry after the applied index. A snapshot is installed in the state database
+//! first, then the log restarts after it; a crash between the two leaves a log that ends before
+//! the applied index, which [`RaftLog::open`] restarts from the snapshot recorded with the state.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,12 +21,21 @@ use raft::{GetEntriesContext, RaftState};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::snapshot::Registry;
-use super::{Db, META, META_APPLIED_INDEX, RAFT_LOG, RAFT_STATE, StorageError, StorageResult};
+use super::{
+    Db, META, META_APPLIED_INDEX, META_SCHEMA, RAFT_APPLIED, RAFT_LOG, RAFT_STATE, SCHEMA_VERSION,
+    StorageError, StorageResult,
+};
 
+/// Log database, `raft_state`: term, vote (and a commit index, not kept current).
 const KEY_HARD_STATE: &str = "hard_state";
-const KEY_CONF_STATE: &str = "conf_state";
-/// Index and term of the last entry removed from the front of the log (0, 0 for a whole log).
+/// Log database, `raft_state`: index and term of the last entry removed from the front of the
+/// log (0, 0 for a whole log).
 const KEY_TRUNCATED: &str = "truncated";
+/// State database, `raft_applied`: the configuration as of the applied index.
+const KEY_CONF_STATE: &str = "conf_state";
+/// State database, `raft_applied`: index and term of the last snapshot installed (or of the
+/// bootstrap), where the log restarts if it ends before the applied index.
+const KEY_SNAPSHOT: &str = "snapshot";
 
 /// How many of the newest entries are kept in memory, so that replication and `term` lookups do not
 /// read the database.
@@ -27,7 +44,10 @@ const TAIL_CACHE_ENTRIES: usize = 4096;
 /// The raft log of one member, shared between the raft task (writes) and raft-rs (reads).
 #[derive(Clone)]
 pub struct RaftLog {
-    db: Db,
+    /// The log database.
+    log: Arc<Database>,
+    /// The state database (for the conf state, and to sync it before truncating).
+    state: Db,
     inner: Arc<Mutex<Inner>>,
     snapshots: Arc<Registry>,
 }
@@ -40,6 +60,8 @@ struct Inner {
     last_index: u64,
     /// The newest entries, contiguous, ending at `last_index`.
     tail: VecDeque<Entry>,
+    /// The applied index as of the last durable commit of the state database made here.
+    state_synced: u64,
 }
 
 impl Inner {
@@ -76,44 +98,63 @@ fn store_err(e: StorageError) -> raft::Error {
 }
 
 impl RaftLog {
-    /// Loads the raft state of the database (an empty log when new).
-    pub fn open(db: Db) -> StorageResult<Self> {
-        let txn = db.begin_read()?;
-        let state = txn.open_table(RAFT_STATE)?;
-        let mut hard_state: HardState = match state.get(KEY_HARD_STATE)? {
-            Some(v) => decode(v.value())?,
-            None => HardState::default(),
+    /// Loads the raft state from the log database `log` and the state database `state` (an empty
+    /// log when new), restarting the log after the recorded snapshot if it ends before the applied
+    /// index (a crash while installing a snapshot).
+    pub fn open(log: Database, state: Db) -> StorageResult<Self> {
+        let (applied, conf_state, snapshot) = {
+            let txn = state.begin_read()?;
+            let applied = txn
+                .open_table(META)?
+                .get(META_APPLIED_INDEX)?
+                .map_or(0, |v| v.value());
+            let table = txn.open_table(RAFT_APPLIED)?;
+            let conf_state: ConfState = match table.get(KEY_CONF_STATE)? {
+                Some(v) => decode(v.value())?,
+                None => ConfState::default(),
+            };
+            let snapshot = match table.get(KEY_SNAPSHOT)? {
+                Some(v) => Some(decode_pair(v.value())?),
+                None => None,
+            };
+            (applied, conf_state, snapshot)
+        };
+        let (mut hard_state, truncated, last_index) = read_log_state(&log)?;
+        let (truncated_index, truncated_term, last_index) = if applied > last_index {
+            let Some((index, term)) = snapshot.filter(|(index, _)| *index == applied) else {
+                return Err(corrupt(format!(
+                    "the log ends at {last_index}, before the applied index {applied}"
+                )));
+            };
+            hard_state.term = hard_state.term.max(term);
+            restart_log(&log, &hard_state, index, term)?;
+            (index, term, index)
+        } else if truncated.0 > applied {
+            return Err(corrupt(format!(
+                "the log starts at {}, after the applied index {applied}",
+                truncated.0 + 1
+            )));
+        } else {
+            (truncated.0, truncated.1, last_index)
         };
         // The commit index is not written on every change; everything applied was committed.
-        let applied = txn
-            .open_table(META)?
-            .get(META_APPLIED_INDEX)?
-            .map_or(0, |v| v.value());
         hard_state.commit = hard_state.commit.max(applied);
-        let conf_state = match state.get(KEY_CONF_STATE)? {
-            Some(v) => decode(v.value())?,
-            None => ConfState::default(),
-        };
-        let (truncated_index, truncated_term) = match state.get(KEY_TRUNCATED)? {
-            Some(v) => decode_pair(v.value())?,
-            None => (0, 0),
-        };
-        let log = txn.open_table(RAFT_LOG)?;
-        let last_index = match log.last()? {
-            Some((k, _)) => k.value(),
-            None => truncated_index,
-        };
         let mut tail = VecDeque::new();
-        let tail_start = last_index
-            .saturating_sub(TAIL_CACHE_ENTRIES as u64)
-            .max(truncated_index)
-            + 1;
-        for row in log.range(tail_start..)? {
-            let (_, v) = row?;
-            tail.push_back(decode::<Entry>(v.value())?);
+        {
+            let txn = log.begin_read()?;
+            let table = txn.open_table(RAFT_LOG)?;
+            let tail_start = last_index
+                .saturating_sub(TAIL_CACHE_ENTRIES as u64)
+                .max(truncated_index)
+                + 1;
+            for row in table.range(tail_start..)? {
+                let (_, v) = row?;
+                tail.push_back(decode::<Entry>(v.value())?);
+            }
         }
         Ok(RaftLog {
-            db,
+            log: Arc::new(log),
+            state,
             inner: Arc::new(Mutex::new(Inner {
                 hard_state,
                 conf_state,
@@ -121,6 +162,7 @@ impl RaftLog {
                 truncated_term,
                 last_index,
                 tail,
+                state_synced: applied,
             })),
             snapshots: Arc::new(Registry::default()),
         })
@@ -151,15 +193,15 @@ impl RaftLog {
             commit: 1,
             ..Default::default()
         };
-        let txn = self.db.begin_write()?;
+        let txn = self.state.begin_write()?;
         {
-            let mut state = txn.open_table(RAFT_STATE)?;
-            state.insert(KEY_CONF_STATE, encode(&conf_state)?.as_slice())?;
-            state.insert(KEY_HARD_STATE, encode(&hard_state)?.as_slice())?;
-            state.insert(KEY_TRUNCATED, encode_pair(1, 1).as_slice())?;
+            let mut applied = txn.open_table(RAFT_APPLIED)?;
+            applied.insert(KEY_CONF_STATE, encode(&conf_state)?.as_slice())?;
+            applied.insert(KEY_SNAPSHOT, encode_pair(1, 1).as_slice())?;
             txn.open_table(META)?.insert(META_APPLIED_INDEX, 1)?;
         }
         txn.commit()?;
+        restart_log(&self.log, &hard_state, 1, 1)?;
         let mut inner = self.lock();
         inner.conf_state = conf_state;
         inner.hard_state = hard_state;
@@ -167,21 +209,23 @@ impl RaftLog {
         inner.truncated_term = 1;
         inner.last_index = 1;
         inner.tail.clear();
+        inner.state_synced = 1;
         Ok(())
     }
 
     /// Records the configuration that applying a conf change produced, inside apply's
     /// transaction `txn` (so it always matches the applied index).
     pub fn stage_conf_state(&self, txn: &WriteTransaction, cs: &ConfState) -> StorageResult<()> {
-        txn.open_table(RAFT_STATE)?
+        txn.open_table(RAFT_APPLIED)?
             .insert(KEY_CONF_STATE, encode(cs)?.as_slice())?;
         self.lock().conf_state = cs.clone();
         Ok(())
     }
 
-    /// Installs a snapshot: in ONE durable transaction, `fill` replaces the state machine's
-    /// tables, the log is emptied (it restarts after the snapshot), and the conf state, hard state
-    /// and applied index move to the snapshot's. A failure leaves the old state intact.
+    /// Installs a snapshot: in ONE durable transaction of the state database, `fill` replaces
+    /// the state machine's tables, and the conf state and applied index move to the snapshot's
+    /// (recorded as the last snapshot); then the log restarts after it, durably. A failure in the
+    /// first leaves the old state intact; a crash before the second is finished by [`Self::open`].
     pub fn install_snapshot(
         &self,
         meta: &SnapshotMetadata,
@@ -191,20 +235,19 @@ impl RaftLog {
         let mut hard_state = inner.hard_state.clone();
         hard_state.term = hard_state.term.max(meta.term);
         hard_state.commit = hard_state.commit.max(meta.index);
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.state.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         fill(&txn)?;
         {
-            txn.delete_table(RAFT_LOG)?;
-            txn.open_table(RAFT_LOG)?;
-            let mut state = txn.open_table(RAFT_STATE)?;
-            state.insert(KEY_CONF_STATE, encode(meta.get_conf_state())?.as_slice())?;
-            state.insert(KEY_HARD_STATE, encode(&hard_state)?.as_slice())?;
-            state.insert(KEY_TRUNCATED, encode_pair(meta.index, meta.term).as_slice())?;
+            let mut applied = txn.open_table(RAFT_APPLIED)?;
+            applied.insert(KEY_CONF_STATE, encode(meta.get_conf_state())?.as_slice())?;
+            applied.insert(KEY_SNAPSHOT, encode_pair(meta.index, meta.term).as_slice())?;
             txn.open_table(META)?
                 .insert(META_APPLIED_INDEX, meta.index)?;
         }
         txn.commit()?;
+        inner.state_synced = meta.index;
+        restart_log(&self.log, &hard_state, meta.index, meta.term)?;
         inner.conf_state = meta.get_conf_state().clone();
         inner.hard_state = hard_state;
         inner.truncated_index = meta.index;
@@ -245,7 +288,7 @@ impl RaftLog {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let txn = self.db.begin_write()?;
+        let txn = self.log.begin_write()?;
         {
             let mut log = txn.open_table(RAFT_LOG)?;
             if let Some(first) = entries.first() {
@@ -259,7 +302,8 @@ impl RaftLog {
                     log.insert(e.index, encode(e)?.as_slice())?;
                 }
             }
-            if let Some(hs) = hard_state {
+            // A commit-only change is not written (one table fewer to rewrite per append).
+            if let Some(hs) = hard_state.filter(|_| vote_or_term_changed) {
                 txn.open_table(RAFT_STATE)?
                     .insert(KEY_HARD_STATE, encode(hs)?.as_slice())?;
             }
@@ -297,15 +341,39 @@ impl RaftLog {
         inner.hard_state.commit = inner.hard_state.commit.max(commit);
     }
 
-    /// Removes entries before `index` (keeping `index` itself). Durable, so it also makes every
-    /// earlier non-durable commit (applied state) durable first: truncation never outruns apply.
+    /// The applied index as of the state database's last durable commit made here.
+    pub fn state_synced(&self) -> u64 {
+        self.lock().state_synced
+    }
+
+    /// Makes every commit of the state database so far durable; `applied` is the applied index
+    /// now (the raft task applies, so nothing is applied meanwhile).
+    pub fn sync_state(&self, applied: u64) -> StorageResult<()> {
+        let started = std::time::Instant::now();
+        // Default durability (Immediate): persists every earlier non-durable apply commit.
+        self.state.begin_write()?.commit()?;
+        crate::metrics::get()
+            .backend_sync_duration
+            .observe(started.elapsed());
+        self.lock().state_synced = applied;
+        Ok(())
+    }
+
+    /// Removes entries before `index` (keeping `index` itself), durably. The state database must
+    /// hold everything before `index` durably (see [`Self::sync_state`]): the caller checks.
     pub fn truncate_prefix(&self, index: u64) -> StorageResult<()> {
         let mut inner = self.lock();
         if index <= inner.first_index() || index > inner.last_index {
             return Ok(());
         }
-        let term = term_of(&inner, &self.db.get(), index - 1)?;
-        let txn = self.db.begin_write()?;
+        if index > inner.state_synced + 1 {
+            return Err(corrupt(format!(
+                "truncating the log to {index} would drop entries the state database does not hold durably (synced at {})",
+                inner.state_synced
+            )));
+        }
+        let term = term_of(&inner, &self.log, index - 1)?;
+        let txn = self.log.begin_write()?;
         {
             let mut log = txn.open_table(RAFT_LOG)?;
             let first = inner.first_index();
@@ -313,7 +381,6 @@ impl RaftLog {
             txn.open_table(RAFT_STATE)?
                 .insert(KEY_TRUNCATED, encode_pair(index - 1, term).as_slice())?;
         }
-        // Default durability (Immediate): also persists every earlier non-durable apply commit.
         txn.commit()?;
         inner.truncated_index = index - 1;
         inner.truncated_term = term;
@@ -341,6 +408,82 @@ fn decode_pair(bytes: &[u8]) -> StorageResult<(u64, u64)> {
         .and_then(|s| s.try_into().ok())
         .ok_or_else(|| corrupt("short truncation record"))?;
     Ok((u64::from_be_bytes(a), u64::from_be_bytes(b)))
+}
+
+/// The hard state, truncation point and last index stored in the log database.
+fn read_log_state(log: &Database) -> StorageResult<(HardState, (u64, u64), u64)> {
+    let txn = log.begin_read()?;
+    let state = txn.open_table(RAFT_STATE)?;
+    let hard_state = match state.get(KEY_HARD_STATE)? {
+        Some(v) => decode(v.value())?,
+        None => HardState::default(),
+    };
+    let truncated = match state.get(KEY_TRUNCATED)? {
+        Some(v) => decode_pair(v.value())?,
+        None => (0, 0),
+    };
+    let last_index = match txn.open_table(RAFT_LOG)?.last()? {
+        Some((k, _)) => k.value(),
+        None => truncated.0,
+    };
+    Ok((hard_state, truncated, last_index))
+}
+
+/// Empties the log, durably, so that it restarts after `index` (of `term`), with `hard_state`.
+fn restart_log(log: &Database, hard_state: &HardState, index: u64, term: u64) -> StorageResult<()> {
+    let txn = log.begin_write()?;
+    {
+        txn.open_table(RAFT_LOG)?.retain(|_, _| false)?;
+        let mut state = txn.open_table(RAFT_STATE)?;
+        state.insert(KEY_HARD_STATE, encode(hard_state)?.as_slice())?;
+        state.insert(KEY_TRUNCATED, encode_pair(index, term).as_slice())?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Moves the raft log of a schema-1 state database (where the log database `log` now belongs):
+/// entries, hard state and truncation point are copied to `log` durably, then removed from
+/// `state` in the durable transaction that records the conf state and the truncation point as the
+/// last snapshot (where the log would restart) and raises the schema.
+pub(super) fn move_log(state: &Database, log: &Database) -> StorageResult<()> {
+    let from = state.begin_read()?;
+    let old_state = from.open_table(RAFT_STATE)?;
+    let txn = log.begin_write()?;
+    {
+        let mut to = txn.open_table(RAFT_LOG)?;
+        to.retain(|_, _| false)?;
+        for row in from.open_table(RAFT_LOG)?.iter()? {
+            let (k, v) = row?;
+            to.insert(k.value(), v.value())?;
+        }
+        let mut to_state = txn.open_table(RAFT_STATE)?;
+        for key in [KEY_HARD_STATE, KEY_TRUNCATED] {
+            if let Some(v) = old_state.get(key)? {
+                to_state.insert(key, v.value())?;
+            }
+        }
+    }
+    txn.commit()?;
+    let conf_state = old_state.get(KEY_CONF_STATE)?.map(|v| v.value().to_vec());
+    let truncated = old_state.get(KEY_TRUNCATED)?.map(|v| v.value().to_vec());
+    drop(old_state);
+    drop(from);
+    let txn = state.begin_write()?;
+    {
+        let mut applied = txn.open_table(RAFT_APPLIED)?;
+        if let Some(cs) = conf_state {
+            applied.insert(KEY_CONF_STATE, cs.as_slice())?;
+        }
+        if let Some(t) = truncated {
+            applied.insert(KEY_SNAPSHOT, t.as_slice())?;
+        }
+    }
+    txn.delete_table(RAFT_LOG)?;
+    txn.delete_table(RAFT_STATE)?;
+    txn.open_table(META)?.insert(META_SCHEMA, SCHEMA_VERSION)?;
+    txn.commit()?;
+    Ok(())
 }
 
 fn term_of(inner: &Inner, db: &Database, index: u64) -> StorageResult<u64> {
@@ -392,7 +535,7 @@ impl raft::Storage for RaftLog {
             }
         } else {
             let read = || -> StorageResult<Vec<Entry>> {
-                let txn = self.db.begin_read()?;
+                let txn = self.log.begin_read()?;
                 let log = txn.open_table(RAFT_LOG)?;
                 let mut v = Vec::new();
                 for row in log.range(low..high)? {
@@ -423,7 +566,7 @@ impl raft::Storage for RaftLog {
         if idx > inner.last_index {
             return Err(raft::Error::Store(raft::StorageError::Unavailable));
         }
-        term_of(&inner, &self.db.get(), idx).map_err(store_err)
+        term_of(&inner, &self.log, idx).map_err(store_err)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -438,12 +581,12 @@ impl raft::Storage for RaftLog {
     /// [`crate::storage::snapshot`]); the snapshot's `data` is only its handle.
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let build = || -> StorageResult<Option<Snapshot>> {
-            let txn = self.db.begin_read()?;
+            let txn = self.state.begin_read()?;
             let applied = txn
                 .open_table(META)?
                 .get(META_APPLIED_INDEX)?
                 .map_or(0, |v| v.value());
-            let conf_state: ConfState = match txn.open_table(RAFT_STATE)?.get(KEY_CONF_STATE)? {
+            let conf_state: ConfState = match txn.open_table(RAFT_APPLIED)?.get(KEY_CONF_STATE)? {
                 Some(v) => decode(v.value())?,
                 None => return Ok(None),
             };
@@ -452,7 +595,7 @@ impl raft::Storage for RaftLog {
             }
             let term = {
                 let inner = self.lock();
-                term_of(&inner, &self.db.get(), applied)?
+                term_of(&inner, &self.log, applied)?
             };
             let mut snap = Snapshot::default();
             let meta = snap.mut_metadata();
@@ -487,7 +630,18 @@ mod tests {
     }
 
     fn open_log(dir: &std::path::Path) -> RaftLog {
-        RaftLog::open(crate::storage::open(dir).unwrap()).unwrap()
+        let state = crate::storage::open(dir).unwrap();
+        let log = crate::storage::open_log(dir, &state).unwrap();
+        RaftLog::open(log, state).unwrap()
+    }
+
+    fn set_applied(state: &Db, index: u64) {
+        let txn = state.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(META_APPLIED_INDEX, index)
+            .unwrap();
+        txn.commit().unwrap();
     }
 
     #[test]
@@ -523,8 +677,7 @@ mod tests {
     #[test]
     fn commit_only_changes_are_not_written_and_restore_from_applied() {
         let dir = tempfile::tempdir().unwrap();
-        let db = crate::storage::open(dir.path()).unwrap();
-        let log = RaftLog::open(db.clone()).unwrap();
+        let log = open_log(dir.path());
         let hs = HardState {
             term: 1,
             commit: 2,
@@ -543,14 +696,9 @@ mod tests {
         log.set_commit(6);
         assert_eq!(log.hard_state().commit, 6);
         // Apply stored index 4 with its data; the commit index on disk is still 2.
-        let txn = db.begin_write().unwrap();
-        txn.open_table(crate::storage::META)
-            .unwrap()
-            .insert(crate::storage::META_APPLIED_INDEX, 4)
-            .unwrap();
-        txn.commit().unwrap();
+        set_applied(&log.state, 4);
         drop(log);
-        let log = RaftLog::open(db).unwrap();
+        let log = open_log(dir.path());
         assert_eq!(
             log.hard_state().commit,
             4,
@@ -565,6 +713,12 @@ mod tests {
         let log = open_log(dir.path());
         let ents: Vec<_> = (1..=10).map(|i| entry(i, i / 4 + 1)).collect();
         log.append(&ents, None).unwrap();
+        set_applied(&log.state, 7);
+        assert!(
+            log.truncate_prefix(6).is_err(),
+            "the state database does not hold entry 5 durably yet"
+        );
+        log.sync_state(7).unwrap();
         log.truncate_prefix(6).unwrap();
         assert_eq!(log.first_index(), 6);
         assert_eq!(log.term(5).unwrap(), 5 / 4 + 1);
@@ -599,5 +753,103 @@ mod tests {
             .entries(1, 11, Some(1), GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(got.len(), 1);
+    }
+
+    #[test]
+    fn a_crash_between_the_two_halves_of_a_snapshot_install_restarts_the_log_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_log(dir.path());
+        log.bootstrap(ConfState::from((vec![1, 2, 3], vec![])))
+            .unwrap();
+        log.append(&(2..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
+            .unwrap();
+        // The state half of installing a snapshot at index 50, term 3, as `install_snapshot`
+        // writes it; the log still ends at 5.
+        let meta = SnapshotMetadata {
+            index: 50,
+            term: 3,
+            conf_state: Some(ConfState::from((vec![1, 2], vec![]))).into(),
+            ..Default::default()
+        };
+        let txn = log.state.begin_write().unwrap();
+        {
+            let mut applied = txn.open_table(RAFT_APPLIED).unwrap();
+            applied
+                .insert(
+                    KEY_CONF_STATE,
+                    encode(meta.get_conf_state()).unwrap().as_slice(),
+                )
+                .unwrap();
+            applied
+                .insert(KEY_SNAPSHOT, encode_pair(50, 3).as_slice())
+                .unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(META_APPLIED_INDEX, 50)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        drop(log);
+        let log = open_log(dir.path());
+        assert_eq!((log.first_index(), log.last_index()), (51, 50));
+        assert_eq!(log.term(50).unwrap(), 3);
+        assert_eq!(log.hard_state().term, 3);
+        assert_eq!(log.hard_state().commit, 50);
+        assert_eq!(log.conf_state().voters, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_schema_one_database_has_its_log_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        // What schema 1 wrote: the log, hard state, conf state and truncation point in the state
+        // database.
+        {
+            let db = redb::Database::create(dir.path().join(crate::storage::DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut l = txn.open_table(RAFT_LOG).unwrap();
+                for i in 2..=9 {
+                    l.insert(i, encode(&entry(i, 2)).unwrap().as_slice())
+                        .unwrap();
+                }
+                let mut st = txn.open_table(RAFT_STATE).unwrap();
+                let hs = HardState {
+                    term: 2,
+                    vote: 3,
+                    commit: 7,
+                    ..Default::default()
+                };
+                st.insert(KEY_HARD_STATE, encode(&hs).unwrap().as_slice())
+                    .unwrap();
+                let cs = ConfState::from((vec![1, 2, 3], vec![]));
+                st.insert(KEY_CONF_STATE, encode(&cs).unwrap().as_slice())
+                    .unwrap();
+                st.insert(KEY_TRUNCATED, encode_pair(1, 1).as_slice())
+                    .unwrap();
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(META_SCHEMA, 1).unwrap();
+                meta.insert(META_APPLIED_INDEX, 7).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let log = open_log(dir.path());
+        assert_eq!((log.first_index(), log.last_index()), (2, 9));
+        assert_eq!(log.term(9).unwrap(), 2);
+        assert_eq!((log.hard_state().term, log.hard_state().vote), (2, 3));
+        assert_eq!(log.conf_state().voters, vec![1, 2, 3]);
+        assert_eq!(
+            crate::storage::read_meta(&log.state.get(), META_SCHEMA).unwrap(),
+            SCHEMA_VERSION
+        );
+        let txn = log.state.begin_read().unwrap();
+        assert!(
+            txn.open_table(RAFT_LOG).is_err(),
+            "the log left the state database"
+        );
+        drop(txn);
+        drop(log);
+        // Opening again changes nothing.
+        let log = open_log(dir.path());
+        assert_eq!((log.first_index(), log.last_index()), (2, 9));
     }
 }

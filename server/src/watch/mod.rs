@@ -116,6 +116,15 @@ struct Stream {
     blocked_since: Option<Instant>,
 }
 
+impl Stream {
+    /// Whether a watch of this stream receives published events with previous values.
+    fn wants_prev_kv(&self) -> bool {
+        self.watchers
+            .values()
+            .any(|w| w.spec.prev_kv && matches!(w.position, Position::Synced { .. }))
+    }
+}
+
 /// Hands all `responses` to `outbox` or none of them (so a revision sent in fragments is never
 /// cut short); tells whether they were taken. A closed outbox counts as taken (the stream is being
 /// removed). Tracks since when the stream has been blocked.
@@ -371,6 +380,13 @@ impl WatchHub {
         let header = self.header(revision);
         let max = self.settings.max_response_bytes;
         let mut any_lagging = false;
+        let filled;
+        let changes = if inner.streams.values().any(Stream::wants_prev_kv) {
+            filled = with_previous_values(store, changes);
+            &filled[..]
+        } else {
+            changes
+        };
         inner.streams.retain(|_, s| {
             if s.outbox.is_closed() {
                 return false;
@@ -412,6 +428,24 @@ impl WatchHub {
             self.lagging.notify_one();
         }
     }
+}
+
+/// `changes` with the previous value of every put that had one (apply does not read them:
+/// see [`crate::mvcc::Changes`]), read once per event for all the watches that asked for them.
+fn with_previous_values(store: &Store, changes: &[(i64, Vec<Event>)]) -> Vec<(i64, Vec<Event>)> {
+    let mut filled = changes.to_vec();
+    for e in filled.iter_mut().flat_map(|(_, events)| events.iter_mut()) {
+        let Some(kv) = e.kv.as_ref() else { continue };
+        // Version 1 is the first value of its generation: nothing before it.
+        if e.r#type != EventType::Put as i32 || e.prev_kv.is_some() || kv.version <= 1 {
+            continue;
+        }
+        match store.value_before_revision(&kv.key, kv.mod_revision) {
+            Ok(prev) => e.prev_kv = prev,
+            Err(err) => tracing::debug!(error = %err, "previous value for a watch unavailable"),
+        }
+    }
+    filled
 }
 
 #[cfg(test)]

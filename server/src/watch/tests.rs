@@ -143,6 +143,30 @@ fn synced_watch_gets_matching_events_shaped_by_its_options() {
 }
 
 #[test]
+fn published_puts_carry_the_previous_value_for_watches_that_ask() {
+    let h = Hub::new();
+    let (s, tx, mut rx) = h.stream(16);
+    let mut with_prev = prefix("a/");
+    with_prev.prev_kv = true;
+    h.watch(s, &tx, 1, with_prev, 0);
+    drain(&mut rx);
+    h.write(&[("a/1", Some("v1"))]);
+    h.write(&[("a/1", Some("v2")), ("a/2", Some("w1"))]);
+    h.write(&[("a/1", None)]);
+    h.write(&[("a/1", Some("v3"))]);
+    let prevs: Vec<Option<Vec<u8>>> = drain(&mut rx)
+        .iter()
+        .flat_map(|r| &r.events)
+        .map(|e| e.prev_kv.as_ref().map(|p| p.value.clone()))
+        .collect();
+    assert_eq!(
+        prevs,
+        vec![None, Some(b"v1".to_vec()), None, Some(b"v2".to_vec()), None],
+        "first put, overwrite, new key, delete, put after delete"
+    );
+}
+
+#[test]
 fn duplicate_ids_and_empty_ranges_are_refused_like_etcd() {
     let h = Hub::new();
     let (s, tx, mut rx) = h.stream(16);

@@ -176,7 +176,9 @@ async fn the_corruption_check_flags_a_member_whose_history_was_altered() {
     })
     .await
     .expect("the victim applied every write");
-    c.kill(victim).unwrap();
+    // Stopped cleanly, so that its state database holds what it applied (after `kill -9` it
+    // would replay the writes from its log at restart, undoing the alteration below).
+    assert!(c.terminate(victim, Duration::from_secs(10)).await.unwrap());
     {
         let db = conclave_server::storage::open(&c.data_dir(victim).unwrap()).unwrap();
         let txn = db.begin_write().unwrap();
