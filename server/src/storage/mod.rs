@@ -18,6 +18,7 @@ pub mod defrag;
 mod error;
 pub mod raft_log;
 pub mod snapshot;
+pub mod wal;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -57,15 +58,13 @@ pub const META_MEMBER_ID: &str = "member_id";
 pub const META_CLUSTER_ID: &str = "cluster_id";
 
 /// The schema this binary writes. Bump it when a table's encoding changes, and teach `open` to upgrade.
-/// 2: the raft log moved to its own database.
+/// 2: the raft log moved to its own write-ahead log.
 pub const SCHEMA_VERSION: u64 = 2;
 /// Schema 1 kept the raft log and hard state in the state database.
 const SCHEMA_ONE_DATABASE: u64 = 1;
 
 /// File name of the state database inside the data dir.
 pub const DB_FILE: &str = "conclave.redb";
-/// File name of the log database inside the data dir.
-pub const LOG_FILE: &str = "raft.redb";
 
 /// Page cache of one database.
 const CACHE_BYTES: usize = 256 * 1024 * 1024;
@@ -128,26 +127,17 @@ fn create_file(path: &Path) -> StorageResult<Database> {
         .create(path)?)
 }
 
-/// Page cache of the log database: the newest entries are also kept in memory by the raft log.
-const LOG_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Directory of the write-ahead log inside the data dir.
+pub const WAL_DIR: &str = "wal";
 
-/// Opens (creating if needed) the log database in `data_dir`, beside the state database `state`
-/// (opened first with [`open`]). A state database of schema 1 holds the log itself: it is moved
-/// here, copied durably first, then removed from the state database in the durable transaction
-/// that raises its schema (a crash in between copies it again).
-pub fn open_log(data_dir: &Path, state: &Db) -> StorageResult<Database> {
-    let log = Database::builder()
-        .set_cache_size(LOG_CACHE_BYTES)
-        .create(data_dir.join(LOG_FILE))?;
-    let txn = log.begin_write()?;
-    txn.open_table(RAFT_LOG)?;
-    txn.open_table(RAFT_STATE)?;
-    txn.commit()?;
+/// Opens (creating if needed) the write-ahead log of the raft log in `data_dir`, beside the state
+/// database `state` (opened first with [`open`]). A state database of schema 1 holds the log
+/// itself: it is moved to the WAL first (see [`raft_log::move_log`]).
+pub fn open_log(data_dir: &Path, state: &Db) -> StorageResult<wal::Wal> {
+    let mut log = wal::Wal::open(&data_dir.join(WAL_DIR))?;
     if read_meta(&state.get(), META_SCHEMA)? == SCHEMA_ONE_DATABASE {
-        raft_log::move_log(&state.get(), &log)?;
-        tracing::info!(
-            "moved the raft log to its own database ({LOG_FILE}): schema {SCHEMA_VERSION}"
-        );
+        raft_log::move_log(&state.get(), &mut log)?;
+        tracing::info!("moved the raft log to its own write-ahead log: schema {SCHEMA_VERSION}");
     }
     Ok(log)
 }

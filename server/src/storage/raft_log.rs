@@ -2,14 +2,15 @@
 //!
 //! Contract (raft-rs): if a method here fails, the raft instance is inoperable and the member stops.
 //! Writes (`append`, `truncate_prefix`) are called only by the raft task; reads come from
-//! raft-rs on the same task. Entries, term and vote are made durable (`Durability::Immediate`) in
-//! the log database before `append` returns, so the raft task may send the messages that depend
+//! raft-rs on the same task. Entries, term and vote are made durable in the write-ahead log
+//! ([`super::wal`]) before `append` returns, so the raft task may send the messages that depend
 //! on them afterwards. The conf state lives in the state database, written with the applied
 //! state it belongs to.
 //!
-//! Across the two databases (see [`crate::storage`]): the log is truncated only up to what the
-//! state database holds durably ([`RaftLog::truncate_prefix`] syncs it first), so at start the log
-//! always holds every entry after the applied index. A snapshot is installed in the state database
+//! Across the WAL and the state database (see [`crate::storage`]): the log is truncated only up
+//! to what the state database holds durably (the caller syncs it first, and
+//! [`RaftLog::truncate_prefix`] checks), so at start the log always holds every entry after the
+//! applied index. A snapshot is installed in the state database
 //! first, then the log restarts after it; a crash between the two leaves a log that ends before
 //! the applied index, which [`RaftLog::open`] restarts from the snapshot recorded with the state.
 
@@ -20,16 +21,18 @@ use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 
+use super::wal::Wal;
+
 use super::snapshot::Registry;
 use super::{
     Db, META, META_APPLIED_INDEX, META_SCHEMA, RAFT_APPLIED, RAFT_LOG, RAFT_STATE, SCHEMA_VERSION,
     StorageError, StorageResult,
 };
 
-/// Log database, `raft_state`: term, vote (and a commit index, not kept current).
+/// Schema 1, `raft_state` of the state database: term, vote (and a commit index, not current).
 const KEY_HARD_STATE: &str = "hard_state";
-/// Log database, `raft_state`: index and term of the last entry removed from the front of the
-/// log (0, 0 for a whole log).
+/// Schema 1, `raft_state` of the state database: index and term of the last entry removed from
+/// the front of the log.
 const KEY_TRUNCATED: &str = "truncated";
 /// State database, `raft_applied`: the configuration as of the applied index.
 const KEY_CONF_STATE: &str = "conf_state";
@@ -44,8 +47,6 @@ const TAIL_CACHE_ENTRIES: usize = 4096;
 /// The raft log of one member, shared between the raft task (writes) and raft-rs (reads).
 #[derive(Clone)]
 pub struct RaftLog {
-    /// The log database.
-    log: Arc<Database>,
     /// The state database (for the conf state, and to sync it before truncating).
     state: Db,
     inner: Arc<Mutex<Inner>>,
@@ -62,6 +63,8 @@ struct Inner {
     tail: VecDeque<Entry>,
     /// The applied index as of the last durable commit of the state database made here.
     state_synced: u64,
+    /// Where the entries, hard state and truncation point are stored.
+    wal: Wal,
 }
 
 impl Inner {
@@ -98,10 +101,10 @@ fn store_err(e: StorageError) -> raft::Error {
 }
 
 impl RaftLog {
-    /// Loads the raft state from the log database `log` and the state database `state` (an empty
-    /// log when new), restarting the log after the recorded snapshot if it ends before the applied
-    /// index (a crash while installing a snapshot).
-    pub fn open(log: Database, state: Db) -> StorageResult<Self> {
+    /// Loads the raft state from the write-ahead log `wal` and the state database `state` (an
+    /// empty log when new), restarting the log after the recorded snapshot if it ends before the
+    /// applied index (a crash while installing a snapshot).
+    pub fn open(mut wal: Wal, state: Db) -> StorageResult<Self> {
         let (applied, conf_state, snapshot) = {
             let txn = state.begin_read()?;
             let applied = txn
@@ -119,41 +122,33 @@ impl RaftLog {
             };
             (applied, conf_state, snapshot)
         };
-        let (mut hard_state, truncated, last_index) = read_log_state(&log)?;
-        let (truncated_index, truncated_term, last_index) = if applied > last_index {
+        let mut hard_state = wal.hard_state().clone();
+        let (mut truncated_index, mut truncated_term) = wal.truncated();
+        let last = wal.last_index();
+        if applied > last {
             let Some((index, term)) = snapshot.filter(|(index, _)| *index == applied) else {
                 return Err(corrupt(format!(
-                    "the log ends at {last_index}, before the applied index {applied}"
+                    "the log ends at {last}, before the applied index {applied}"
                 )));
             };
             hard_state.term = hard_state.term.max(term);
-            restart_log(&log, &hard_state, index, term)?;
-            (index, term, index)
-        } else if truncated.0 > applied {
+            wal.reset(&hard_state, index, term)?;
+            (truncated_index, truncated_term) = (index, term);
+        } else if truncated_index > applied {
             return Err(corrupt(format!(
                 "the log starts at {}, after the applied index {applied}",
-                truncated.0 + 1
+                truncated_index + 1
             )));
-        } else {
-            (truncated.0, truncated.1, last_index)
-        };
+        }
+        let last_index = wal.last_index();
         // The commit index is not written on every change; everything applied was committed.
         hard_state.commit = hard_state.commit.max(applied);
-        let mut tail = VecDeque::new();
-        {
-            let txn = log.begin_read()?;
-            let table = txn.open_table(RAFT_LOG)?;
-            let tail_start = last_index
-                .saturating_sub(TAIL_CACHE_ENTRIES as u64)
-                .max(truncated_index)
-                + 1;
-            for row in table.range(tail_start..)? {
-                let (_, v) = row?;
-                tail.push_back(decode::<Entry>(v.value())?);
-            }
-        }
+        let tail_start = last_index
+            .saturating_sub(TAIL_CACHE_ENTRIES as u64)
+            .max(truncated_index)
+            + 1;
+        let tail: VecDeque<Entry> = wal.read(tail_start, last_index + 1)?.into();
         Ok(RaftLog {
-            log: Arc::new(log),
             state,
             inner: Arc::new(Mutex::new(Inner {
                 hard_state,
@@ -163,6 +158,7 @@ impl RaftLog {
                 last_index,
                 tail,
                 state_synced: applied,
+                wal,
             })),
             snapshots: Arc::new(Registry::default()),
         })
@@ -201,8 +197,8 @@ impl RaftLog {
             txn.open_table(META)?.insert(META_APPLIED_INDEX, 1)?;
         }
         txn.commit()?;
-        restart_log(&self.log, &hard_state, 1, 1)?;
         let mut inner = self.lock();
+        inner.wal.reset(&hard_state, 1, 1)?;
         inner.conf_state = conf_state;
         inner.hard_state = hard_state;
         inner.truncated_index = 1;
@@ -247,7 +243,7 @@ impl RaftLog {
         }
         txn.commit()?;
         inner.state_synced = meta.index;
-        restart_log(&self.log, &hard_state, meta.index, meta.term)?;
+        inner.wal.reset(&hard_state, meta.index, meta.term)?;
         inner.conf_state = meta.get_conf_state().clone();
         inner.hard_state = hard_state;
         inner.truncated_index = meta.index;
@@ -288,27 +284,10 @@ impl RaftLog {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let txn = self.log.begin_write()?;
-        {
-            let mut log = txn.open_table(RAFT_LOG)?;
-            if let Some(first) = entries.first() {
-                // Entries from `first.index` on are replaced: drop the old suffix.
-                if first.index <= inner.last_index {
-                    for index in first.index..=inner.last_index {
-                        log.remove(index)?;
-                    }
-                }
-                for e in entries {
-                    log.insert(e.index, encode(e)?.as_slice())?;
-                }
-            }
-            // A commit-only change is not written (one table fewer to rewrite per append).
-            if let Some(hs) = hard_state.filter(|_| vote_or_term_changed) {
-                txn.open_table(RAFT_STATE)?
-                    .insert(KEY_HARD_STATE, encode(hs)?.as_slice())?;
-            }
-        }
-        txn.commit()?;
+        // A commit-only change is not written.
+        inner
+            .wal
+            .append(entries, hard_state.filter(|_| vote_or_term_changed))?;
         crate::metrics::get()
             .wal_fsync_duration
             .observe(started.elapsed());
@@ -372,16 +351,8 @@ impl RaftLog {
                 inner.state_synced
             )));
         }
-        let term = term_of(&inner, &self.log, index - 1)?;
-        let txn = self.log.begin_write()?;
-        {
-            let mut log = txn.open_table(RAFT_LOG)?;
-            let first = inner.first_index();
-            log.retain_in(first..index, |_, _| false)?;
-            txn.open_table(RAFT_STATE)?
-                .insert(KEY_TRUNCATED, encode_pair(index - 1, term).as_slice())?;
-        }
-        txn.commit()?;
+        let term = term_of(&inner, index - 1)?;
+        inner.wal.truncate_front(index - 1, term)?;
         inner.truncated_index = index - 1;
         inner.truncated_term = term;
         while inner.tail.front().is_some_and(|e| e.index < index) {
@@ -410,63 +381,34 @@ fn decode_pair(bytes: &[u8]) -> StorageResult<(u64, u64)> {
     Ok((u64::from_be_bytes(a), u64::from_be_bytes(b)))
 }
 
-/// The hard state, truncation point and last index stored in the log database.
-fn read_log_state(log: &Database) -> StorageResult<(HardState, (u64, u64), u64)> {
-    let txn = log.begin_read()?;
-    let state = txn.open_table(RAFT_STATE)?;
-    let hard_state = match state.get(KEY_HARD_STATE)? {
+/// Moves the raft log of a schema-1 state database (where the WAL `wal` now belongs): entries,
+/// hard state and truncation point are written to the WAL (durably), then removed from `state` in
+/// the durable transaction that records the conf state and the truncation point as the last
+/// snapshot (where the log would restart) and raises the schema. A crash in between leaves the
+/// state database as it was, and the move is made again over what the WAL got.
+pub(super) fn move_log(state: &Database, wal: &mut Wal) -> StorageResult<()> {
+    let from = state.begin_read()?;
+    let old_state = from.open_table(RAFT_STATE)?;
+    let hard_state: HardState = match old_state.get(KEY_HARD_STATE)? {
         Some(v) => decode(v.value())?,
         None => HardState::default(),
     };
-    let truncated = match state.get(KEY_TRUNCATED)? {
+    let truncated = match old_state.get(KEY_TRUNCATED)? {
         Some(v) => decode_pair(v.value())?,
         None => (0, 0),
     };
-    let last_index = match txn.open_table(RAFT_LOG)?.last()? {
-        Some((k, _)) => k.value(),
-        None => truncated.0,
-    };
-    Ok((hard_state, truncated, last_index))
-}
-
-/// Empties the log, durably, so that it restarts after `index` (of `term`), with `hard_state`.
-fn restart_log(log: &Database, hard_state: &HardState, index: u64, term: u64) -> StorageResult<()> {
-    let txn = log.begin_write()?;
-    {
-        txn.open_table(RAFT_LOG)?.retain(|_, _| false)?;
-        let mut state = txn.open_table(RAFT_STATE)?;
-        state.insert(KEY_HARD_STATE, encode(hard_state)?.as_slice())?;
-        state.insert(KEY_TRUNCATED, encode_pair(index, term).as_slice())?;
-    }
-    txn.commit()?;
-    Ok(())
-}
-
-/// Moves the raft log of a schema-1 state database (where the log database `log` now belongs):
-/// entries, hard state and truncation point are copied to `log` durably, then removed from
-/// `state` in the durable transaction that records the conf state and the truncation point as the
-/// last snapshot (where the log would restart) and raises the schema.
-pub(super) fn move_log(state: &Database, log: &Database) -> StorageResult<()> {
-    let from = state.begin_read()?;
-    let old_state = from.open_table(RAFT_STATE)?;
-    let txn = log.begin_write()?;
-    {
-        let mut to = txn.open_table(RAFT_LOG)?;
-        to.retain(|_, _| false)?;
-        for row in from.open_table(RAFT_LOG)?.iter()? {
-            let (k, v) = row?;
-            to.insert(k.value(), v.value())?;
-        }
-        let mut to_state = txn.open_table(RAFT_STATE)?;
-        for key in [KEY_HARD_STATE, KEY_TRUNCATED] {
-            if let Some(v) = old_state.get(key)? {
-                to_state.insert(key, v.value())?;
-            }
+    wal.reset(&hard_state, truncated.0, truncated.1)?;
+    let mut batch = Vec::new();
+    for row in from.open_table(RAFT_LOG)?.iter()? {
+        let (_, v) = row?;
+        batch.push(decode::<Entry>(v.value())?);
+        if batch.len() == 1024 {
+            wal.append(&batch, None)?;
+            batch.clear();
         }
     }
-    txn.commit()?;
+    wal.append(&batch, None)?;
     let conf_state = old_state.get(KEY_CONF_STATE)?.map(|v| v.value().to_vec());
-    let truncated = old_state.get(KEY_TRUNCATED)?.map(|v| v.value().to_vec());
     drop(old_state);
     drop(from);
     let txn = state.begin_write()?;
@@ -475,9 +417,10 @@ pub(super) fn move_log(state: &Database, log: &Database) -> StorageResult<()> {
         if let Some(cs) = conf_state {
             applied.insert(KEY_CONF_STATE, cs.as_slice())?;
         }
-        if let Some(t) = truncated {
-            applied.insert(KEY_SNAPSHOT, t.as_slice())?;
-        }
+        applied.insert(
+            KEY_SNAPSHOT,
+            encode_pair(truncated.0, truncated.1).as_slice(),
+        )?;
     }
     txn.delete_table(RAFT_LOG)?;
     txn.delete_table(RAFT_STATE)?;
@@ -486,19 +429,17 @@ pub(super) fn move_log(state: &Database, log: &Database) -> StorageResult<()> {
     Ok(())
 }
 
-fn term_of(inner: &Inner, db: &Database, index: u64) -> StorageResult<u64> {
+fn term_of(inner: &Inner, index: u64) -> StorageResult<u64> {
     if index == inner.truncated_index {
         return Ok(inner.truncated_term);
     }
     if let Some(e) = inner.cached(index) {
         return Ok(e.term);
     }
-    let txn = db.begin_read()?;
-    let log = txn.open_table(RAFT_LOG)?;
-    match log.get(index)? {
-        Some(v) => Ok(decode::<Entry>(v.value())?.term),
-        None => Err(corrupt(format!("missing entry {index}"))),
-    }
+    inner
+        .wal
+        .term(index)
+        .ok_or_else(|| corrupt(format!("missing entry {index}")))
 }
 
 impl raft::Storage for RaftLog {
@@ -534,17 +475,7 @@ impl raft::Storage for RaftLog {
                 }
             }
         } else {
-            let read = || -> StorageResult<Vec<Entry>> {
-                let txn = self.log.begin_read()?;
-                let log = txn.open_table(RAFT_LOG)?;
-                let mut v = Vec::new();
-                for row in log.range(low..high)? {
-                    let (_, bytes) = row?;
-                    v.push(decode::<Entry>(bytes.value())?);
-                }
-                Ok(v)
-            };
-            out = read().map_err(store_err)?;
+            out = inner.wal.read(low, high).map_err(store_err)?;
             if out.len() as u64 != high - low {
                 return Err(store_err(corrupt(format!(
                     "entries {low}..{high} incomplete"
@@ -566,7 +497,7 @@ impl raft::Storage for RaftLog {
         if idx > inner.last_index {
             return Err(raft::Error::Store(raft::StorageError::Unavailable));
         }
-        term_of(&inner, &self.log, idx).map_err(store_err)
+        term_of(&inner, idx).map_err(store_err)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -595,7 +526,7 @@ impl raft::Storage for RaftLog {
             }
             let term = {
                 let inner = self.lock();
-                term_of(&inner, &self.log, applied)?
+                term_of(&inner, applied)?
             };
             let mut snap = Snapshot::default();
             let meta = snap.mut_metadata();
