@@ -1,14 +1,12 @@
-//! The member's two redb databases.
+//! The member's storage: the redb state database and the raft log's write-ahead log.
 //!
 //! - The state database (`conclave.redb`): the MVCC key-value history (`mvcc`), the member table,
 //!   the leases, the alarms, raft's configuration as of the applied index (`raft_applied`), and
 //!   bookkeeping (`meta`: schema version, applied index). Apply commits to it without syncing; it
 //!   is made durable before the log is truncated (and periodically), so a crash loses only applied
 //!   state the log still holds.
-//! - The log database (`raft.redb`): the raft log, the hard state and the truncation point
-//!   (`raft_log`, `raft_state`), synced on every append. Kept apart so that the fsync on every
-//!   write's path flushes the few pages of the log, not the pages apply dirtied (measured in
-//!   docs/architecture.md: a durable append took 0.40 ms in one database, 0.22 ms in its own).
+//! - The write-ahead log (`wal/`, [`wal`]): the raft log, the hard state and the truncation point,
+//!   synced on every append (see docs/architecture.md, *Durability*, for why it is not in redb).
 //!
 //! Opening checks the schema version, refuses a newer one, and upgrades an older one (schema 1
 //! kept the log in the state database: [`open_log`] moves it).
@@ -30,10 +28,10 @@ use redb::{
 
 pub use error::{StorageError, StorageResult};
 
-/// Log database: raft log entries by index (raft-rs `Entry` encoded with its own protobuf).
+/// Schema 1 only (moved to the WAL): raft log entries by index (raft-rs `Entry`, protobuf).
 pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// Log database: raft's hard state and the position of the log's truncation point. (In schema 1
-/// this table was in the state database and also held the conf state.)
+/// Schema 1 only (moved to the WAL and `raft_applied`): raft's hard state, conf state and the
+/// position of the log's truncation point.
 pub const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
 /// State database: raft's conf state as of the applied index, and the index and term of the last
 /// snapshot installed (or of the bootstrap), written in the same transactions as the state.

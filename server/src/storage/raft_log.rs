@@ -125,15 +125,21 @@ impl RaftLog {
         let mut hard_state = wal.hard_state().clone();
         let (mut truncated_index, mut truncated_term) = wal.truncated();
         let last = wal.last_index();
-        if applied > last {
-            let Some((index, term)) = snapshot.filter(|(index, _)| *index == applied) else {
-                return Err(corrupt(format!(
-                    "the log ends at {last}, before the applied index {applied}"
-                )));
-            };
+        // A snapshot installed in the state database whose log reset did not happen (a crash in
+        // between): the log ends before it, or holds a different entry at its index (raft-rs
+        // installs a snapshot over a conflicting log too). Entries after a conflict cannot match
+        // the leader's log; entries after a matching one are kept.
+        let installed = snapshot.filter(|(index, term)| {
+            *index == applied && *index > truncated_index && wal.term(*index) != Some(*term)
+        });
+        if let Some((index, term)) = installed {
             hard_state.term = hard_state.term.max(term);
             wal.reset(&hard_state, index, term)?;
             (truncated_index, truncated_term) = (index, term);
+        } else if applied > last {
+            return Err(corrupt(format!(
+                "the log ends at {last}, before the applied index {applied}"
+            )));
         } else if truncated_index > applied {
             return Err(corrupt(format!(
                 "the log starts at {}, after the applied index {applied}",
@@ -399,12 +405,15 @@ pub(super) fn move_log(state: &Database, wal: &mut Wal) -> StorageResult<()> {
     };
     wal.reset(&hard_state, truncated.0, truncated.1)?;
     let mut batch = Vec::new();
+    let mut batch_bytes = 0;
     for row in from.open_table(RAFT_LOG)?.iter()? {
         let (_, v) = row?;
+        batch_bytes += v.value().len();
         batch.push(decode::<Entry>(v.value())?);
-        if batch.len() == 1024 {
+        if batch_bytes >= 64 * 1024 * 1024 {
             wal.append(&batch, None)?;
             batch.clear();
+            batch_bytes = 0;
         }
     }
     wal.append(&batch, None)?;
@@ -686,6 +695,27 @@ mod tests {
         assert_eq!(got.len(), 1);
     }
 
+    /// Writes the state half of installing a snapshot at (`index`, `term`), as
+    /// `install_snapshot` does before it resets the log.
+    fn install_state_only(log: &RaftLog, index: u64, term: u64) {
+        let txn = log.state.begin_write().unwrap();
+        {
+            let mut applied = txn.open_table(RAFT_APPLIED).unwrap();
+            let cs = ConfState::from((vec![1, 2], vec![]));
+            applied
+                .insert(KEY_CONF_STATE, encode(&cs).unwrap().as_slice())
+                .unwrap();
+            applied
+                .insert(KEY_SNAPSHOT, encode_pair(index, term).as_slice())
+                .unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(META_APPLIED_INDEX, index)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
     #[test]
     fn a_crash_between_the_two_halves_of_a_snapshot_install_restarts_the_log_after_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -694,32 +724,8 @@ mod tests {
             .unwrap();
         log.append(&(2..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
             .unwrap();
-        // The state half of installing a snapshot at index 50, term 3, as `install_snapshot`
-        // writes it; the log still ends at 5.
-        let meta = SnapshotMetadata {
-            index: 50,
-            term: 3,
-            conf_state: Some(ConfState::from((vec![1, 2], vec![]))).into(),
-            ..Default::default()
-        };
-        let txn = log.state.begin_write().unwrap();
-        {
-            let mut applied = txn.open_table(RAFT_APPLIED).unwrap();
-            applied
-                .insert(
-                    KEY_CONF_STATE,
-                    encode(meta.get_conf_state()).unwrap().as_slice(),
-                )
-                .unwrap();
-            applied
-                .insert(KEY_SNAPSHOT, encode_pair(50, 3).as_slice())
-                .unwrap();
-            txn.open_table(META)
-                .unwrap()
-                .insert(META_APPLIED_INDEX, 50)
-                .unwrap();
-        }
-        txn.commit().unwrap();
+        // The log still ends at 5.
+        install_state_only(&log, 50, 3);
         drop(log);
         let log = open_log(dir.path());
         assert_eq!((log.first_index(), log.last_index()), (51, 50));
@@ -727,6 +733,34 @@ mod tests {
         assert_eq!(log.hard_state().term, 3);
         assert_eq!(log.hard_state().commit, 50);
         assert_eq!(log.conf_state().voters, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_log_conflicting_with_an_installed_snapshot_restarts_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_log(dir.path());
+        log.bootstrap(ConfState::from((vec![1, 2, 3], vec![])))
+            .unwrap();
+        // A deposed leader's entries reach past the snapshot, with another term at its index.
+        log.append(&(2..=60).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
+            .unwrap();
+        install_state_only(&log, 50, 3);
+        drop(log);
+        let log = open_log(dir.path());
+        assert_eq!((log.first_index(), log.last_index()), (51, 50));
+        assert_eq!(log.term(50).unwrap(), 3);
+
+        // Entries that agree with the snapshot at its index are kept.
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_log(dir.path());
+        log.bootstrap(ConfState::from((vec![1, 2, 3], vec![])))
+            .unwrap();
+        log.append(&(2..=60).map(|i| entry(i, 3)).collect::<Vec<_>>(), None)
+            .unwrap();
+        install_state_only(&log, 50, 3);
+        drop(log);
+        let log = open_log(dir.path());
+        assert_eq!((log.first_index(), log.last_index()), (2, 60));
     }
 
     #[test]

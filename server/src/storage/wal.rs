@@ -111,16 +111,18 @@ fn prepare_spare(dir: &Path) -> JoinHandle<std::io::Result<File>> {
     })
 }
 
-fn record(kind: u8, body: &[u8]) -> Vec<u8> {
+fn record(kind: u8, body: &[u8]) -> StorageResult<Vec<u8>> {
+    let len = u32::try_from(body.len() + 1)
+        .map_err(|_| corrupt(format!("a record of {} bytes is too large", body.len())))?;
     let mut out = Vec::with_capacity(HEADER + 1 + body.len());
-    out.extend_from_slice(&((body.len() + 1) as u32).to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
     let mut crc = crc32fast::Hasher::new();
     crc.update(&[kind]);
     crc.update(body);
     out.extend_from_slice(&crc.finalize().to_le_bytes());
     out.push(kind);
     out.extend_from_slice(body);
-    out
+    Ok(out)
 }
 
 fn pair(a: u64, b: u64) -> [u8; 16] {
@@ -181,6 +183,10 @@ impl Wal {
     /// Opens (creating if needed) the WAL in `dir` and replays it.
     pub fn open(dir: &Path) -> StorageResult<Wal> {
         std::fs::create_dir_all(dir)?;
+        // The directory's own entry must be durable before anything in it is relied on.
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
         let mut seqs = Vec::new();
         for item in std::fs::read_dir(dir)? {
             let name = item?.file_name();
@@ -376,17 +382,19 @@ impl Wal {
             let mut body = Vec::new();
             for e in entries {
                 let bytes = e.write_to_bytes().map_err(corrupt)?;
-                body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                entry_offsets.push((body.len() as u64, bytes.len() as u32, e.index, e.term));
+                let len = u32::try_from(bytes.len())
+                    .map_err(|_| corrupt(format!("entry {} is too large", e.index)))?;
+                body.extend_from_slice(&len.to_le_bytes());
+                entry_offsets.push((body.len() as u64, len, e.index, e.term));
                 body.extend_from_slice(&bytes);
             }
-            records.push(record(KIND_ENTRIES, &body));
+            records.push(record(KIND_ENTRIES, &body)?);
         }
         if let Some(hs) = hard_state {
             records.push(record(
                 KIND_HARD_STATE,
                 &hs.write_to_bytes().map_err(corrupt)?,
-            ));
+            )?);
         }
         if records.is_empty() {
             return Ok(());
@@ -418,7 +426,7 @@ impl Wal {
     /// Drops entries up to `index` (of `term`), durably, and deletes the segments that held only
     /// such entries.
     pub fn truncate_front(&mut self, index: u64, term: u64) -> StorageResult<()> {
-        self.write(&record(KIND_TRUNCATED, &pair(index, term)))?;
+        self.write(&record(KIND_TRUNCATED, &pair(index, term))?)?;
         let drop = index
             .saturating_sub(self.first - 1)
             .min(self.positions.len() as u64);
@@ -430,11 +438,11 @@ impl Wal {
 
     /// Empties the log, durably, so that it restarts after `index` (of `term`), with `hard_state`.
     pub fn reset(&mut self, hard_state: &HardState, index: u64, term: u64) -> StorageResult<()> {
-        let mut bytes = record(KIND_RESET, &pair(index, term));
+        let mut bytes = record(KIND_RESET, &pair(index, term))?;
         bytes.extend(record(
             KIND_HARD_STATE,
             &hard_state.write_to_bytes().map_err(corrupt)?,
-        ));
+        )?);
         self.write(&bytes)?;
         self.positions.clear();
         self.first = index + 1;
@@ -517,11 +525,11 @@ impl Wal {
         let mut checkpoint = record(
             KIND_HARD_STATE,
             &self.hard_state.write_to_bytes().map_err(corrupt)?,
-        );
+        )?;
         checkpoint.extend(record(
             KIND_TRUNCATED,
             &pair(self.truncated.0, self.truncated.1),
-        ));
+        )?);
         let segment = self.current();
         segment.file.write_all_at(&checkpoint, 0)?;
         segment.file.sync_data()?;
@@ -543,6 +551,16 @@ impl Wal {
             sync_dir(&self.dir)?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Wal {
+    /// Waits for the spare segment's zero-filling: a WAL opened next on the same directory
+    /// prepares its spare under the same name, which must not still be written to.
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.join();
+        }
     }
 }
 
