@@ -76,14 +76,9 @@ async fn lead(ctx: &Ctx, election: &Election, proposal: String, ttl: i64) -> Res
             ..Default::default()
         },
     );
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Failure {
-        message: format!("cannot handle SIGTERM: {e}"),
-        code: 1,
-    })?;
+    let stop = crate::stop_requested()?;
     let outcome = tokio::select! {
-        _ = tokio::signal::ctrl_c() => Ok(()),
-        _ = terminate.recv() => Ok(()),
+        _ = stop => Ok(()),
         _ = session.lost() => Err(lost()),
         _ = leadership.lost(&ctx.client) => Err(lost()),
     };

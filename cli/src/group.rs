@@ -85,8 +85,9 @@ async fn join(
         member_json(&member),
         None,
     );
+    let stop = crate::stop_requested()?;
     let outcome = tokio::select! {
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = stop => Ok(()),
         _ = session.lost() => Err(Failure {
             message: format!("the session of {id} expired: it left {name}"),
             code: 4,

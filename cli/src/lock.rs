@@ -52,10 +52,9 @@ async fn hold(ctx: &Ctx, session: &Session, held: &LockHeld) -> Result<(), Failu
         json!({"key": key, "revision": held.fencing_token()}),
         None,
     );
-    let mut terminate = terminate_signal()?;
+    let stop = crate::stop_requested()?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => Ok(()),
-        _ = terminate.recv() => Ok(()),
+        _ = stop => Ok(()),
         _ = session.lost() => Err(lost()),
     }
 }
@@ -101,11 +100,4 @@ fn lost() -> Failure {
         message: "the lock's session expired: the lock is lost".into(),
         code: 4,
     }
-}
-
-fn terminate_signal() -> Result<tokio::signal::unix::Signal, Failure> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| Failure {
-        message: format!("cannot handle SIGTERM: {e}"),
-        code: 1,
-    })
 }

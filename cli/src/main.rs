@@ -147,6 +147,23 @@ impl From<Error> for Failure {
     }
 }
 
+/// Resolves when a long-running command is asked to stop: Ctrl-C, or SIGTERM (what a service
+/// manager sends). Commands that hold something — a lock, a leadership, a group membership —
+/// give it up then.
+pub fn stop_requested() -> Result<impl std::future::Future<Output = ()>, Failure> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Failure {
+        message: format!("cannot handle SIGTERM: {e}"),
+        code: 1,
+    })?;
+    Ok(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
 /// What every command gets: the connected client and the output format.
 pub struct Ctx {
     pub client: Client,

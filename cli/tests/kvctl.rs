@@ -616,14 +616,15 @@ async fn group_join_list_and_watch() {
     let listed = json(&kvctl(ep, &["group", "list", "g1", "-w", "json"]));
     assert_eq!(listed["members"][0]["id"], "w1", "{listed}");
 
+    // SIGTERM, as a service manager stops it (the lock test uses SIGINT, as Ctrl-C does).
     let signal = std::process::Command::new("kill")
-        .args(["-INT", &member.id().to_string()])
+        .args(["-TERM", &member.id().to_string()])
         .status()
         .unwrap();
     assert!(signal.success());
     assert!(
         member.wait().unwrap().success(),
-        "the member leaves cleanly on Ctrl-C"
+        "the member leaves cleanly on SIGTERM"
     );
     assert!(
         seen.recv_timeout(wait)
