@@ -7,7 +7,9 @@
 //! refused and raises NOSPACE; while NOSPACE is raised, writes that add data (puts, transactions
 //! with puts, lease grants) are refused with etcd's "database space exceeded", and deletes,
 //! compactions and revokes still work. Unlike etcd, the leader clears NOSPACE by itself once the
-//! history is back under the quota (`auto_clear`); `alarm disarm` still works.
+//! history is back under 90% of the quota (`auto_clear`; the margin keeps the alarm from clearing
+//! right after it was raised, when the history is just under the quota); `alarm disarm` still
+//! works.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
@@ -27,6 +29,15 @@ use crate::storage::{ALARMS, StorageResult};
 
 /// How often the leader checks whether NOSPACE can be cleared.
 const CLEAR_CHECK: Duration = Duration::from_secs(1);
+/// NOSPACE clears once the history is at most this percentage of the quota.
+const CLEAR_AT_PERCENT: u64 = 90;
+
+/// Whether NOSPACE may be cleared with `stored` bytes of history under `quota`. Raising happens
+/// when a write would go over the quota, so the history is then just under it: clearing must wait
+/// for real room, or the alarm would clear at once and let small writes in.
+fn room_to_clear(stored: u64, quota: u64) -> bool {
+    stored <= quota / 100 * CLEAR_AT_PERCENT
+}
 
 /// The raised alarms: (member id, alarm type).
 #[derive(Default)]
@@ -147,7 +158,8 @@ pub async fn admit(
     Err(ServerError::NoSpace)
 }
 
-/// On the leader: clears NOSPACE once the history is back under the quota. Runs until `stop`.
+/// On the leader: clears NOSPACE once the history is back under 90% of the quota. Runs until
+/// `stop`.
 pub async fn auto_clear(
     node: Arc<Node>,
     alarms: Arc<Alarms>,
@@ -165,7 +177,7 @@ pub async fn auto_clear(
         if !node.status().is_leader || !alarms.has(AlarmType::Nospace) {
             continue;
         }
-        if store.stored_bytes() >= quota {
+        if !room_to_clear(store.stored_bytes(), quota) {
             continue;
         }
         let clear = AlarmRequest {
@@ -194,6 +206,18 @@ mod tests {
             member_id,
             alarm: alarm as i32,
         }
+    }
+
+    #[test]
+    fn nospace_clears_only_with_room_below_the_quota() {
+        let quota = 64 * 1024;
+        assert!(
+            !room_to_clear(quota - 1, quota),
+            "just under: raised at this point"
+        );
+        assert!(!room_to_clear(quota, quota));
+        assert!(room_to_clear(quota * 9 / 10 - 100, quota));
+        assert!(room_to_clear(0, quota));
     }
 
     #[test]
