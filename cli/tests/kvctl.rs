@@ -489,7 +489,22 @@ async fn lock_runs_a_command_or_holds_until_interrupted() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // Once the waiter is queued (a second key under t/h/), it must keep waiting.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let queued = json(&kvctl(
+            ep,
+            &["get", "t/h/", "--prefix", "--count-only", "-w", "json"],
+        ));
+        if queued["count"] == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiter never queued: {queued}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert!(
         waiter.try_wait().unwrap().is_none(),
         "the second locker ran while the lock was held"

@@ -122,7 +122,7 @@ pub struct CaughtUp {
 pub fn install(db: &Db, data_dir: &Path, copy: CaughtUp) -> StorageResult<()> {
     std::fs::rename(&copy.path, data_dir.join(DB_FILE))?;
     db.replace(copy.db);
-    std::fs::File::open(data_dir)?.sync_all()?;
+    super::sync_dir(data_dir)?;
     Ok(())
 }
 

@@ -118,6 +118,11 @@ impl Db {
     }
 }
 
+/// Makes a directory's entries (files created, renamed or removed in it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Creates (or opens) a database file with this member's settings.
 fn create_file(path: &Path) -> StorageResult<Database> {
     Ok(Database::builder()

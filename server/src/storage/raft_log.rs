@@ -716,18 +716,27 @@ mod tests {
         txn.commit().unwrap();
     }
 
+    /// A bootstrapped log holding entries `2..=last` of `term`, over which the state half of a
+    /// snapshot at index 50, term 3 was installed before a crash; reopened.
+    fn reopened_after_half_an_install(dir: &std::path::Path, last: u64, term: u64) -> RaftLog {
+        let log = open_log(dir);
+        log.bootstrap(ConfState::from((vec![1, 2, 3], vec![])))
+            .unwrap();
+        log.append(
+            &(2..=last).map(|i| entry(i, term)).collect::<Vec<_>>(),
+            None,
+        )
+        .unwrap();
+        install_state_only(&log, 50, 3);
+        drop(log);
+        open_log(dir)
+    }
+
     #[test]
     fn a_crash_between_the_two_halves_of_a_snapshot_install_restarts_the_log_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let log = open_log(dir.path());
-        log.bootstrap(ConfState::from((vec![1, 2, 3], vec![])))
-            .unwrap();
-        log.append(&(2..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
-            .unwrap();
-        // The log still ends at 5.
-        install_state_only(&log, 50, 3);
-        drop(log);
-        let log = open_log(dir.path());
+        // The log ends at 5, before the snapshot.
+        let log = reopened_after_half_an_install(dir.path(), 5, 1);
         assert_eq!((log.first_index(), log.last_index()), (51, 50));
         assert_eq!(log.term(50).unwrap(), 3);
         assert_eq!(log.hard_state().term, 3);
@@ -737,29 +746,15 @@ mod tests {
 
     #[test]
     fn a_log_conflicting_with_an_installed_snapshot_restarts_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = open_log(dir.path());
-        log.bootstrap(ConfState::from((vec![1, 2, 3], vec![])))
-            .unwrap();
         // A deposed leader's entries reach past the snapshot, with another term at its index.
-        log.append(&(2..=60).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
-            .unwrap();
-        install_state_only(&log, 50, 3);
-        drop(log);
-        let log = open_log(dir.path());
+        let dir = tempfile::tempdir().unwrap();
+        let log = reopened_after_half_an_install(dir.path(), 60, 1);
         assert_eq!((log.first_index(), log.last_index()), (51, 50));
         assert_eq!(log.term(50).unwrap(), 3);
 
         // Entries that agree with the snapshot at its index are kept.
         let dir = tempfile::tempdir().unwrap();
-        let log = open_log(dir.path());
-        log.bootstrap(ConfState::from((vec![1, 2, 3], vec![])))
-            .unwrap();
-        log.append(&(2..=60).map(|i| entry(i, 3)).collect::<Vec<_>>(), None)
-            .unwrap();
-        install_state_only(&log, 50, 3);
-        drop(log);
-        let log = open_log(dir.path());
+        let log = reopened_after_half_an_install(dir.path(), 60, 3);
         assert_eq!((log.first_index(), log.last_index()), (2, 60));
     }
 

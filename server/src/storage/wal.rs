@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 use protobuf::Message as _;
 use raft::prelude::{Entry, HardState};
 
-use super::{StorageError, StorageResult};
+use super::{StorageError, StorageResult, sync_dir};
 
 /// Size every segment is preallocated to. A record that does not fit in what is left of the
 /// current segment goes to the next one; a record larger than a segment makes its segment grow.
@@ -86,10 +86,6 @@ pub struct Wal {
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016x}.wal"))
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Creates the spare segment file, zero-filled and synced, on a thread.

@@ -35,6 +35,31 @@ pub async fn cluster(n: usize) -> Cluster {
         .expect("cluster starts and elects a leader")
 }
 
+/// Waits (up to 5 s) until `key` exists: a lock waiter or a candidate is queued once its key is
+/// there, so a test can then check that it keeps waiting.
+pub async fn wait_for_key(client: &Client, key: impl Into<Vec<u8>>) {
+    let key = key.into();
+    let found = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let r = client
+                .kv()
+                .get(key.clone(), conclave_client::GetOptions::new())
+                .await
+                .expect("get");
+            if !r.kvs.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        found.is_ok(),
+        "{} never appeared",
+        String::from_utf8_lossy(&key)
+    );
+}
+
 /// HashKV of every member of `c` at `revision`, asked until each has applied it.
 pub async fn hash_kv_everywhere(c: &Cluster, client: &Client, revision: i64) -> Vec<(u32, i64)> {
     let mut out = Vec::new();

@@ -14,7 +14,7 @@ use conclave_proto::v3lockpb::lock_client::LockClient;
 use conclave_proto::v3lockpb::{LockRequest, UnlockRequest};
 use tonic::transport::Channel;
 
-use super::cluster;
+use super::{cluster, wait_for_key};
 
 async fn lock_client(endpoint: &str) -> LockClient<Channel> {
     LockClient::connect(endpoint.to_string()).await.unwrap()
@@ -175,21 +175,7 @@ async fn a_waiter_whose_lease_ends_gets_session_expired_and_a_cancelled_one_leav
         })
     };
     // Revoke only once the waiter is queued (its key exists), not before it claimed.
-    let queued = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let r = client
-                .kv()
-                .get(format!("wait/{doomed:x}"), GetOptions::new())
-                .await
-                .unwrap();
-            if !r.kvs.is_empty() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(queued.is_ok(), "the waiter queued");
+    wait_for_key(&client, format!("wait/{doomed:x}")).await;
     client.lease().revoke(doomed).await.unwrap();
     locks.unlock(UnlockRequest { key: held.key }).await.unwrap();
     let answer = waiter.await.unwrap().unwrap_err();

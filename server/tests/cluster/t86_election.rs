@@ -12,7 +12,7 @@ use conclave_proto::v3electionpb::{
     CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest,
 };
 
-use super::cluster;
+use super::{cluster, wait_for_key};
 
 #[tokio::test]
 async fn leadership_passes_in_order_and_observers_see_every_leader_and_value() {
@@ -61,7 +61,8 @@ async fn leadership_passes_in_order_and_observers_see_every_leader_and_value() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Queued behind the leader (its key exists), and still waiting.
+    wait_for_key(&client, format!("t86/leader/{lease_b:x}")).await;
     assert!(!b_campaign.is_finished(), "the second candidate waits");
 
     first
