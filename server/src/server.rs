@@ -40,7 +40,7 @@ use crate::api::maintenance::MaintenanceService;
 use crate::api::membership::MembershipService;
 use crate::api::peer::PeerService;
 use crate::api::watch::WatchService;
-use crate::api::{Context, Limits};
+use crate::api::{Context, Limits, OnRuntime};
 use crate::apply::Applier;
 use crate::authority_fix::AuthorityFix;
 use crate::config::{ClusterState, Settings};
@@ -209,6 +209,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
 
     let (applied_tx, applied_rx) = watch::channel(applied_index);
     let waiters = Arc::new(Waiters::default());
+    // The raft thread's runtime: the raft task, its peer senders and the peer server all run on
+    // it, so a raft message crosses from the socket to raft (and back) without waking another
+    // thread.
+    let raft_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Startup(format!("cannot start the raft runtime: {e}")))?;
+    let raft_io = raft_runtime.handle().clone();
     let (node, driver) = node::create(
         NodeParts {
             member_id: identity.member_id,
@@ -229,6 +237,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             data_dir: settings.data_dir.clone(),
             snapshot_dir: snapshot_dir.clone(),
         },
+        &raft_io,
         &tokio::runtime::Handle::current(),
     )?;
 
@@ -269,7 +278,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         applied: applied_tx,
         member_id: identity.member_id,
     };
-    let raft_thread = spawn_raft_thread(driver, applier, raft_stop_rx, fatal_tx.clone())?;
+    let raft_thread = spawn_raft_thread(
+        raft_runtime,
+        driver,
+        applier,
+        raft_stop_rx,
+        fatal_tx.clone(),
+    )?;
 
     tokio::spawn(catch_up::run(hub.clone(), store.clone(), stop_rx.clone()));
     tokio::spawn(duties::run(
@@ -376,6 +391,17 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     }
     for addr in &settings.listen_peer {
         let listener = bind(*addr).await?;
+        // Served by the raft thread (see `raft_runtime`): its sockets belong to that runtime.
+        let listener = listener
+            .into_std()
+            .and_then(|l| {
+                let _in_raft_runtime = raft_io.enter();
+                TcpListener::from_std(l)
+            })
+            .map_err(|source| RunError::Listen {
+                addr: *addr,
+                source,
+            })?;
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(
@@ -383,17 +409,20 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                     node.clone(),
                     membership.clone(),
                     snapshot_dir.clone(),
+                    tokio::runtime::Handle::current(),
                 ))
                 .max_decoding_message_size(usize::MAX),
             )
-            .add_service(LeaseForwardServer::new(LeaseForwardService::new(
-                ctx.clone(),
-            )))
-            .add_service(ClusterForwardServer::new(ClusterForwardService::new(
-                ctx.clone(),
-            )));
+            .add_service(OnRuntime::new(
+                LeaseForwardServer::new(LeaseForwardService::new(ctx.clone())),
+                tokio::runtime::Handle::current(),
+            ))
+            .add_service(OnRuntime::new(
+                ClusterForwardServer::new(ClusterForwardService::new(ctx.clone())),
+                tokio::runtime::Handle::current(),
+            ));
         let stop = stopped(stop_rx.clone());
-        servers.push(tokio::spawn(async move {
+        servers.push(raft_io.spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming(listener), stop)
                 .await
@@ -533,6 +562,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 }
 
 fn spawn_raft_thread(
+    runtime: tokio::runtime::Runtime,
     driver: node::Driver,
     applier: Applier,
     stop: watch::Receiver<bool>,
@@ -541,16 +571,11 @@ fn spawn_raft_thread(
     std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            let outcome = match runtime {
-                Ok(rt) => catch_panic(|| {
-                    rt.block_on(driver.run(applier, stop))
-                        .map_err(|e| e.to_string())
-                }),
-                Err(e) => Err(format!("cannot start the raft runtime: {e}")),
-            };
+            let outcome = catch_panic(|| {
+                runtime
+                    .block_on(driver.run(applier, stop))
+                    .map_err(|e| e.to_string())
+            });
             if let Err(why) = outcome {
                 let _ = fatal.blocking_send(format!("raft: {why}"));
             }

@@ -116,3 +116,56 @@ impl Context {
         *header = Some(self.header(revision));
     }
 }
+
+/// A gRPC service whose requests are handled on `runtime` rather than on the runtime serving the
+/// connection: the peer port is served by the raft thread (raft messages reach raft without a
+/// thread switch), but requests forwarded by followers (leases, membership) do their work on the
+/// main runtime, where they cannot hold up raft.
+#[derive(Clone)]
+pub struct OnRuntime<S> {
+    inner: S,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<S> OnRuntime<S> {
+    pub fn new(inner: S, runtime: tokio::runtime::Handle) -> Self {
+        OnRuntime { inner, runtime }
+    }
+}
+
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for OnRuntime<S>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<B>,
+            Response = HttpResponse,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<HttpResponse, std::convert::Infallible>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        let call = self.runtime.spawn(self.inner.call(req));
+        Box::pin(async move {
+            match call.await {
+                Ok(answer) => answer,
+                Err(e) => Ok(tonic::Status::internal(format!("conclave: {e}")).into_http()),
+            }
+        })
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for OnRuntime<S> {
+    const NAME: &'static str = S::NAME;
+}

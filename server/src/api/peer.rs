@@ -24,87 +24,97 @@ use crate::node::Node;
 use crate::node::transport::REMOVED;
 use crate::storage::snapshot::{self, Receiving};
 
+/// Served on the raft thread's runtime (raft messages reach the raft task without a thread
+/// switch); snapshot files are received on `background`.
 pub struct PeerService {
     node: Arc<Node>,
     membership: Arc<Membership>,
     snapshot_dir: PathBuf,
+    background: tokio::runtime::Handle,
 }
 
 impl PeerService {
-    pub fn new(node: Arc<Node>, membership: Arc<Membership>, snapshot_dir: PathBuf) -> Self {
+    pub fn new(
+        node: Arc<Node>,
+        membership: Arc<Membership>,
+        snapshot_dir: PathBuf,
+        background: tokio::runtime::Handle,
+    ) -> Self {
         PeerService {
             node,
             membership,
             snapshot_dir,
+            background,
         }
     }
+}
 
-    /// Receives one snapshot into its file; returns its raft message.
-    async fn receive_snapshot(
-        &self,
-        mut chunks: Streaming<SnapshotChunk>,
-    ) -> Result<Message, Status> {
-        let first = chunks
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("conclave: empty snapshot stream"))?;
-        if first.cluster_id != self.node.cluster_id {
-            return Err(Status::failed_precondition(format!(
-                "conclave: cluster id mismatch (mine {:x}, sender's {:x})",
-                self.node.cluster_id, first.cluster_id
-            )));
-        }
-        let message = Message::parse_from_bytes(&first.message)
-            .map_err(|e| Status::invalid_argument(format!("conclave: bad raft message: {e}")))?;
-        if message.get_msg_type() != MessageType::MsgSnapshot {
-            return Err(Status::invalid_argument(
-                "conclave: a snapshot stream must start with a snapshot message",
-            ));
-        }
-        let meta = message.get_snapshot().get_metadata();
-        let (index, term) = (meta.index, meta.term);
-        tracing::info!(
-            from = format!("{:x}", message.from),
-            index,
-            term,
-            "receiving snapshot"
-        );
-        let started = Instant::now();
-        let target = snapshot::file_path(&self.snapshot_dir, term, index);
-        let storage = |e: crate::storage::StorageError| Status::data_loss(format!("conclave: {e}"));
-        let mut file = Receiving::create(target).map_err(storage)?;
-        let path = loop {
-            let chunk = chunks.message().await?.ok_or_else(|| {
-                Status::aborted(format!(
-                    "conclave: snapshot stream ended after {} bytes, before its last chunk",
-                    file.bytes()
-                ))
-            })?;
-            // Blocking file writes: a chunk is at most 1 MiB, and this keeps memory flat.
-            tokio::task::block_in_place(|| file.chunk(&chunk.data, chunk.crc32))
-                .map_err(storage)?;
-            if chunk.last {
-                break tokio::task::block_in_place(|| {
-                    file.finish(chunk.total_bytes, chunk.total_crc32)
-                })
-                .map_err(storage)?;
-            }
-        };
-        let m = crate::metrics::get();
-        crate::metrics::inc(&m.snapshots_received);
-        m.snapshot_bytes_received.fetch_add(
-            std::fs::metadata(&path).map_or(0, |f| f.len()),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        tracing::info!(
-            index,
-            term,
-            path = %path.display(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "snapshot received"
-        );
-        Ok(message)
+/// Receives one snapshot of cluster `cluster_id` into its file in `snapshot_dir`; returns its
+/// raft message.
+async fn receive_snapshot(
+    cluster_id: u64,
+    snapshot_dir: PathBuf,
+    mut chunks: Streaming<SnapshotChunk>,
+) -> Result<Message, Status> {
+    let first = chunks
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("conclave: empty snapshot stream"))?;
+    if first.cluster_id != cluster_id {
+        return Err(Status::failed_precondition(format!(
+            "conclave: cluster id mismatch (mine {:x}, sender's {:x})",
+            cluster_id, first.cluster_id
+        )));
     }
+    let message = Message::parse_from_bytes(&first.message)
+        .map_err(|e| Status::invalid_argument(format!("conclave: bad raft message: {e}")))?;
+    if message.get_msg_type() != MessageType::MsgSnapshot {
+        return Err(Status::invalid_argument(
+            "conclave: a snapshot stream must start with a snapshot message",
+        ));
+    }
+    let meta = message.get_snapshot().get_metadata();
+    let (index, term) = (meta.index, meta.term);
+    tracing::info!(
+        from = format!("{:x}", message.from),
+        index,
+        term,
+        "receiving snapshot"
+    );
+    let started = Instant::now();
+    let target = snapshot::file_path(&snapshot_dir, term, index);
+    let storage = |e: crate::storage::StorageError| Status::data_loss(format!("conclave: {e}"));
+    let mut file = Receiving::create(target).map_err(storage)?;
+    let path = loop {
+        let chunk = chunks.message().await?.ok_or_else(|| {
+            Status::aborted(format!(
+                "conclave: snapshot stream ended after {} bytes, before its last chunk",
+                file.bytes()
+            ))
+        })?;
+        // Blocking file writes: a chunk is at most 1 MiB, and this keeps memory flat.
+        tokio::task::block_in_place(|| file.chunk(&chunk.data, chunk.crc32)).map_err(storage)?;
+        if chunk.last {
+            break tokio::task::block_in_place(|| {
+                file.finish(chunk.total_bytes, chunk.total_crc32)
+            })
+            .map_err(storage)?;
+        }
+    };
+    let m = crate::metrics::get();
+    crate::metrics::inc(&m.snapshots_received);
+    m.snapshot_bytes_received.fetch_add(
+        std::fs::metadata(&path).map_or(0, |f| f.len()),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    tracing::info!(
+        index,
+        term,
+        path = %path.display(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "snapshot received"
+    );
+    Ok(message)
 }
 
 fn decode(node: &Node, batch: &RaftBatch) -> Result<Vec<Message>, Status> {
@@ -151,7 +161,16 @@ impl RaftTransport for PeerService {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SnapshotAck>, Status> {
-        let message = self.receive_snapshot(req.into_inner()).await?;
+        // Off the raft thread: checking and writing chunks must not hold up raft.
+        let receiving = receive_snapshot(
+            self.node.cluster_id,
+            self.snapshot_dir.clone(),
+            req.into_inner(),
+        );
+        let message =
+            self.background.spawn(receiving).await.map_err(|e| {
+                Status::internal(format!("conclave: snapshot receiver failed: {e}"))
+            })??;
         self.node.step(vec![message]).await?;
         Ok(Response::new(SnapshotAck {}))
     }

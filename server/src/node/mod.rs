@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use conclave_proto::conclave::internal::v1::{RaftCommand, raft_command::Op};
 use prost::Message as _;
 use raft::prelude::{ConfChange, ConfState, Message};
+use raft::raw_node::Ready;
 use raft::{RawNode, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -361,10 +362,12 @@ pub enum NodeError {
 }
 
 /// Creates the raft node and returns the handle plus the task to run (on a dedicated thread: it
-/// does blocking fsyncs).
+/// does blocking fsyncs). `peer_io` is that thread's runtime (raft messages are sent from it);
+/// `background` runs snapshot transfers.
 pub fn create(
     parts: NodeParts,
-    runtime: &tokio::runtime::Handle,
+    peer_io: &tokio::runtime::Handle,
+    background: &tokio::runtime::Handle,
 ) -> Result<(Arc<Node>, Driver), NodeError> {
     // A member of a new cluster stores the initial voters; one joining a running cluster starts
     // with none and learns the configuration from the snapshot the leader sends.
@@ -401,7 +404,8 @@ pub fn create(
     let (status_tx, status_rx) = watch::channel(RaftStatus::default());
     let (leading_tx, leading_rx) = watch::channel(None);
     let mut transport = Transport::new(
-        runtime.clone(),
+        peer_io.clone(),
+        background.clone(),
         parts.cluster_id,
         parts.member_id,
         parts.log.snapshots(),
@@ -546,7 +550,21 @@ impl Driver {
                     return Ok(());
                 }
             }
-            self.on_ready(&applier)?;
+            if self.raw.has_ready() {
+                let mut ready = self.raw.ready();
+                let early = ready.take_messages();
+                let blocks = !ready.entries().is_empty()
+                    || ready.hs().is_some()
+                    || !ready.snapshot().is_empty();
+                let sends = !early.is_empty();
+                self.transport.send(early);
+                if sends && blocks {
+                    // The peer senders run on this thread: let them put the messages on the wire
+                    // before this thread blocks in fsync, so that followers persist in parallel.
+                    tokio::task::yield_now().await;
+                }
+                self.on_ready(ready, &applier)?;
+            }
             self.maybe_truncate_log()?;
         }
     }
@@ -612,12 +630,8 @@ impl Driver {
         }
     }
 
-    fn on_ready(&mut self, applier: &Applier) -> Result<(), NodeError> {
-        if !self.raw.has_ready() {
-            return Ok(());
-        }
-        let mut ready = self.raw.ready();
-        self.transport.send(ready.take_messages());
+    /// Persists, sends and applies what `ready` holds, its early messages already sent.
+    fn on_ready(&mut self, mut ready: Ready, applier: &Applier) -> Result<(), NodeError> {
         let mut members_changed = false;
         if !ready.snapshot().is_empty() {
             let meta = ready.snapshot().get_metadata();

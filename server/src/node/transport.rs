@@ -55,7 +55,12 @@ struct Peer {
 
 /// Outgoing raft messages of one member.
 pub struct Transport {
-    runtime: tokio::runtime::Handle,
+    /// Runs the per-peer sender tasks and their connections: the raft thread's own runtime, so
+    /// a message queued by the raft task is written out by the same thread, with no wake-up of
+    /// another thread in between.
+    peer_io: tokio::runtime::Handle,
+    /// Runs snapshot transfers, which must not hold up the raft thread.
+    background: tokio::runtime::Handle,
     cluster_id: u64,
     from: u64,
     peers: HashMap<u64, Peer>,
@@ -64,17 +69,20 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// A transport with no peers yet; tasks run on `runtime`, snapshots come from `snapshots`,
-    /// and failed deliveries and snapshot outcomes are reported on `reports`.
+    /// A transport with no peers yet; sender tasks run on `peer_io`, snapshot transfers on
+    /// `background`, snapshots come from `snapshots`, and failed deliveries and snapshot outcomes
+    /// are reported on `reports`.
     pub fn new(
-        runtime: tokio::runtime::Handle,
+        peer_io: tokio::runtime::Handle,
+        background: tokio::runtime::Handle,
         cluster_id: u64,
         from: u64,
         snapshots: Arc<Registry>,
         reports: mpsc::Sender<PeerReport>,
     ) -> Transport {
         Transport {
-            runtime,
+            peer_io,
+            background,
             cluster_id,
             from,
             peers: HashMap::new(),
@@ -93,7 +101,7 @@ impl Transport {
                 continue;
             }
             let (queue, rx) = mpsc::channel(PEER_QUEUE);
-            self.runtime.spawn(deliver(
+            self.peer_io.spawn(deliver(
                 self.cluster_id,
                 self.from,
                 id,
@@ -114,7 +122,7 @@ impl Transport {
             };
             if m.get_msg_type() == MessageType::MsgSnapshot {
                 let txn = self.snapshots.take(&m.get_snapshot().data);
-                self.runtime.spawn(send_snapshot(
+                self.background.spawn(send_snapshot(
                     self.cluster_id,
                     peer.url.clone(),
                     m,
