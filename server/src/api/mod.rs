@@ -169,3 +169,61 @@ where
 impl<S: tonic::server::NamedService> tonic::server::NamedService for OnRuntime<S> {
     const NAME: &'static str = S::NAME;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::codegen::Service as _;
+    use tonic::codegen::http;
+
+    /// Answers with the name of the thread that handled the request.
+    #[derive(Clone)]
+    struct WhereAmI;
+
+    impl tonic::codegen::Service<http::Request<()>> for WhereAmI {
+        type Response = HttpResponse;
+        type Error = std::convert::Infallible;
+        type Future = tonic::codegen::BoxFuture<HttpResponse, std::convert::Infallible>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            Box::pin(async {
+                let name = std::thread::current().name().unwrap_or("").to_string();
+                Ok(http::Response::builder()
+                    .header("x-thread", name)
+                    .body(tonic::body::Body::empty())
+                    .expect("a valid response"))
+            })
+        }
+    }
+
+    #[test]
+    fn requests_are_handled_on_the_given_runtime() {
+        let target = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("target-runtime")
+            .enable_all()
+            .build()
+            .unwrap();
+        let caller = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut service = OnRuntime::new(WhereAmI, target.handle().clone());
+        let answer = caller
+            .block_on(service.call(http::Request::new(())))
+            .unwrap();
+        assert_eq!(answer.headers()["x-thread"], "target-runtime");
+        // Unwrapped, the same service runs where it is called.
+        let answer = caller
+            .block_on(WhereAmI.call(http::Request::new(())))
+            .unwrap();
+        assert_ne!(answer.headers()["x-thread"], "target-runtime");
+    }
+}
