@@ -551,6 +551,18 @@ impl Driver {
                 }
             }
             if self.raw.has_ready() {
+                // The peer connections are served by this thread: let them read what has already
+                // arrived, so that one Ready (one fsync) covers it too.
+                tokio::task::yield_now().await;
+                while let Ok(m) = self.peer_messages.try_recv() {
+                    self.step(m);
+                }
+                for _ in 0..MAX_PROPOSALS_PER_READY {
+                    match self.proposals.try_recv() {
+                        Ok(p) => self.propose(p),
+                        Err(_) => break,
+                    }
+                }
                 let mut ready = self.raw.ready();
                 let early = ready.take_messages();
                 let blocks = !ready.entries().is_empty()
