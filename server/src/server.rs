@@ -421,12 +421,15 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                 ClusterForwardServer::new(ClusterForwardService::new(ctx.clone())),
                 tokio::runtime::Handle::current(),
             ));
-        let stop = stopped(stop_rx.clone());
-        servers.push(raft_io.spawn(async move {
-            router
-                .serve_with_incoming_shutdown(incoming(listener), stop)
-                .await
-        }));
+        // Not drained at shutdown with the client servers: peer streams never end by themselves
+        // (every stop waited out the 5 s drain bound for them), and the client requests being
+        // drained need raft, hence this server, until they are answered. It ends with the raft
+        // thread, whose runtime runs it.
+        raft_io.spawn(async move {
+            if let Err(e) = router.serve_with_incoming(incoming(listener)).await {
+                tracing::error!(error = %e, "the peer server failed");
+            }
+        });
         tracing::info!(%addr, "serving peers");
     }
     let publisher = tokio::spawn(publish_attributes(
