@@ -40,7 +40,7 @@ use crate::api::maintenance::MaintenanceService;
 use crate::api::membership::MembershipService;
 use crate::api::peer::PeerService;
 use crate::api::watch::WatchService;
-use crate::api::{Context, Limits, OnRuntime};
+use crate::api::{Context, InFlight, Limits, OnRuntime};
 use crate::apply::Applier;
 use crate::authority_fix::AuthorityFix;
 use crate::config::{ClusterState, Settings};
@@ -217,6 +217,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         .build()
         .map_err(|e| RunError::Startup(format!("cannot start the raft runtime: {e}")))?;
     let raft_io = raft_runtime.handle().clone();
+    let raft_runtime = RaftRuntime(Some(raft_runtime));
     let (node, driver) = node::create(
         NodeParts {
             member_id: identity.member_id,
@@ -389,6 +390,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         }));
         tracing::info!(%addr, "serving clients");
     }
+    // Requests other members forwarded to this one (leases, membership), still being handled.
+    let forwarded = InFlight::default();
     for addr in &settings.listen_peer {
         let listener = bind(*addr).await?;
         // Served by the raft thread (see `raft_runtime`): its sockets belong to that runtime.
@@ -416,10 +419,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             .add_service(OnRuntime::new(
                 LeaseForwardServer::new(LeaseForwardService::new(ctx.clone())),
                 tokio::runtime::Handle::current(),
+                forwarded.clone(),
             ))
             .add_service(OnRuntime::new(
                 ClusterForwardServer::new(ClusterForwardService::new(ctx.clone())),
                 tokio::runtime::Handle::current(),
+                forwarded.clone(),
             ));
         // Not drained at shutdown with the client servers: peer streams never end by themselves
         // (every stop waited out the 5 s drain bound for them), and the client requests being
@@ -461,12 +466,19 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     // Stop accepting requests and let those in flight finish (bounded: watch streams never end
     // by themselves), then stop raft and wait for its last write.
     let _ = stop_tx.send(true);
+    hub.end_all_streams(&crate::error::ServerError::Stopped.into());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let drained = futures::future::join_all(servers);
-    if tokio::time::timeout(Duration::from_secs(5), drained)
+    if tokio::time::timeout_at(deadline, drained).await.is_err() {
+        tracing::warn!("requests still in flight after 5 s; stopping anyway");
+    } else if tokio::time::timeout_at(deadline, forwarded.idle())
         .await
         .is_err()
     {
-        tracing::warn!("requests still in flight after 5 s; stopping anyway");
+        tracing::warn!(
+            requests = forwarded.count(),
+            "forwarded requests still in flight after 5 s; stopping anyway"
+        );
     }
     let _ = raft_stop_tx.send(true);
     let joined = tokio::task::spawn_blocking(move || raft_thread.join());
@@ -564,8 +576,26 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// The raft thread's runtime. Dropping it does not wait for its blocking tasks: when startup fails
+/// it is dropped inside the main runtime, where a plain `Runtime` drop would panic.
+struct RaftRuntime(Option<tokio::runtime::Runtime>);
+
+impl RaftRuntime {
+    fn block_on<F: std::future::Future>(&self, future: F) -> Option<F::Output> {
+        self.0.as_ref().map(|rt| rt.block_on(future))
+    }
+}
+
+impl Drop for RaftRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 fn spawn_raft_thread(
-    runtime: tokio::runtime::Runtime,
+    runtime: RaftRuntime,
     driver: node::Driver,
     applier: Applier,
     stop: watch::Receiver<bool>,
@@ -574,10 +604,9 @@ fn spawn_raft_thread(
     std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
-            let outcome = catch_panic(|| {
-                runtime
-                    .block_on(driver.run(applier, stop))
-                    .map_err(|e| e.to_string())
+            let outcome = catch_panic(|| match runtime.block_on(driver.run(applier, stop)) {
+                Some(outcome) => outcome.map_err(|e| e.to_string()),
+                None => Err("the raft runtime is gone".to_string()),
             });
             if let Err(why) = outcome {
                 let _ = fatal.blocking_send(format!("raft: {why}"));

@@ -121,15 +121,60 @@ impl Context {
 /// connection: the peer port is served by the raft thread (raft messages reach raft without a
 /// thread switch), but requests forwarded by followers (leases, membership) do their work on the
 /// main runtime, where they cannot hold up raft.
+/// The peer port is not drained with the client port at shutdown (its raft streams never end), so
+/// the requests it handles are counted in `in_flight`, which a stopping member waits for before it
+/// stops raft.
 #[derive(Clone)]
 pub struct OnRuntime<S> {
     inner: S,
     runtime: tokio::runtime::Handle,
+    in_flight: InFlight,
 }
 
 impl<S> OnRuntime<S> {
-    pub fn new(inner: S, runtime: tokio::runtime::Handle) -> Self {
-        OnRuntime { inner, runtime }
+    pub fn new(inner: S, runtime: tokio::runtime::Handle, in_flight: InFlight) -> Self {
+        OnRuntime {
+            inner,
+            runtime,
+            in_flight,
+        }
+    }
+}
+
+/// Counts requests being handled; [`InFlight::idle`] waits until there are none.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>);
+
+/// One request counted by [`InFlight`], until dropped.
+pub struct Counted(InFlight);
+
+impl InFlight {
+    pub fn enter(&self) -> Counted {
+        self.0.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Counted(self.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Returns once no request is being handled.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.0.1.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.0.0.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.0.0.1.notify_waiters();
+        }
     }
 }
 
@@ -156,7 +201,13 @@ where
     }
 
     fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
-        let call = self.runtime.spawn(self.inner.call(req));
+        let counted = self.in_flight.enter();
+        let answer = self.inner.call(req);
+        let call = self.runtime.spawn(async move {
+            let answer = answer.await;
+            drop(counted);
+            answer
+        });
         Box::pin(async move {
             match call.await {
                 Ok(answer) => answer,
@@ -215,15 +266,35 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let mut service = OnRuntime::new(WhereAmI, target.handle().clone());
+        let in_flight = InFlight::default();
+        let mut service = OnRuntime::new(WhereAmI, target.handle().clone(), in_flight.clone());
         let answer = caller
             .block_on(service.call(http::Request::new(())))
             .unwrap();
         assert_eq!(answer.headers()["x-thread"], "target-runtime");
+        assert_eq!(in_flight.count(), 0);
         // Unwrapped, the same service runs where it is called.
         let answer = caller
             .block_on(WhereAmI.call(http::Request::new(())))
             .unwrap();
         assert_ne!(answer.headers()["x-thread"], "target-runtime");
+    }
+
+    #[tokio::test]
+    async fn idle_waits_for_every_counted_request() {
+        let in_flight = InFlight::default();
+        in_flight.idle().await;
+        let first = in_flight.enter();
+        let second = in_flight.enter();
+        let waiter = tokio::spawn({
+            let in_flight = in_flight.clone();
+            async move { in_flight.idle().await }
+        });
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one request is still being handled");
+        drop(second);
+        waiter.await.unwrap();
+        assert_eq!(in_flight.count(), 0);
     }
 }

@@ -230,6 +230,16 @@ impl WatchHub {
         (id, abort_rx)
     }
 
+    /// Ends every client stream with `status` (a stopping member: watch streams never end by
+    /// themselves, and their clients resume on another member).
+    pub fn end_all_streams(&self, status: &Status) {
+        for stream in self.lock().streams.values_mut() {
+            if let Some(abort) = stream.abort.take() {
+                let _ = abort.send(status.clone());
+            }
+        }
+    }
+
     /// Forgets a client stream and its watches.
     pub fn close_stream(&self, stream: StreamId) {
         self.lock().streams.remove(&stream);

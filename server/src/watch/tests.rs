@@ -343,3 +343,20 @@ fn progress_notify_reaches_synced_watches_that_asked_for_it() {
     assert!(got[0].events.is_empty());
     assert_eq!(got[0].header.unwrap().revision, r);
 }
+
+#[test]
+fn a_stopping_member_ends_every_stream() {
+    let h = Hub::new();
+    let (tx1, _rx1) = mpsc::channel(2);
+    let (tx2, _rx2) = mpsc::channel(2);
+    let (s1, mut abort1) = h.hub.open_stream(tx1.clone());
+    let (_s2, mut abort2) = h.hub.open_stream(tx2);
+    h.watch(s1, &tx1, 0, prefix("k"), 0);
+    h.hub
+        .end_all_streams(&Status::unavailable("etcdserver: server stopped"));
+    for abort in [&mut abort1, &mut abort2] {
+        let status = abort.try_recv().unwrap();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), "etcdserver: server stopped");
+    }
+}
