@@ -551,8 +551,9 @@ impl Driver {
                 }
             }
             if self.raw.has_ready() {
-                // The peer connections are served by this thread: let them read what has already
-                // arrived, so that one Ready (one fsync) covers it too.
+                // The peer connections are served by this thread: let those already woken by
+                // incoming data hand it over, so that one Ready (one fsync) covers it too. (Data
+                // the runtime only discovers during this yield waits for the next turn.)
                 tokio::task::yield_now().await;
                 while let Ok(m) = self.peer_messages.try_recv() {
                     self.step(m);
