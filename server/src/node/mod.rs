@@ -501,18 +501,11 @@ impl Driver {
                 }
                 Some(p) = self.proposals.recv() => {
                     self.propose(p);
-                    for _ in 1..MAX_PROPOSALS_PER_READY {
-                        match self.proposals.try_recv() {
-                            Ok(p) => self.propose(p),
-                            Err(_) => break,
-                        }
-                    }
+                    self.take_queued_proposals(MAX_PROPOSALS_PER_READY - 1);
                 }
                 Some(m) = self.peer_messages.recv() => {
                     self.step(m);
-                    while let Ok(m) = self.peer_messages.try_recv() {
-                        self.step(m);
-                    }
+                    self.take_queued_peer_messages();
                 }
                 Some(reader) = self.reads.recv() => {
                     let now = Instant::now();
@@ -555,15 +548,8 @@ impl Driver {
                 // incoming data hand it over, so that one Ready (one fsync) covers it too. (Data
                 // the runtime only discovers during this yield waits for the next turn.)
                 tokio::task::yield_now().await;
-                while let Ok(m) = self.peer_messages.try_recv() {
-                    self.step(m);
-                }
-                for _ in 0..MAX_PROPOSALS_PER_READY {
-                    match self.proposals.try_recv() {
-                        Ok(p) => self.propose(p),
-                        Err(_) => break,
-                    }
-                }
+                self.take_queued_peer_messages();
+                self.take_queued_proposals(MAX_PROPOSALS_PER_READY);
                 let mut ready = self.raw.ready();
                 let early = ready.take_messages();
                 let blocks = !ready.entries().is_empty()
@@ -579,6 +565,23 @@ impl Driver {
                 self.on_ready(ready, &applier)?;
             }
             self.maybe_truncate_log()?;
+        }
+    }
+
+    /// Proposes up to `limit` proposals already queued, without waiting for more.
+    fn take_queued_proposals(&mut self, limit: usize) {
+        for _ in 0..limit {
+            match self.proposals.try_recv() {
+                Ok(p) => self.propose(p),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Steps every peer message already queued, without waiting for more.
+    fn take_queued_peer_messages(&mut self) {
+        while let Ok(m) = self.peer_messages.try_recv() {
+            self.step(m);
         }
     }
 

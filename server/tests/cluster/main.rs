@@ -35,29 +35,39 @@ pub async fn cluster(n: usize) -> Cluster {
         .expect("cluster starts and elects a leader")
 }
 
+/// Polls `check` every `every` until it returns true; false if `within` passed first.
+pub async fn poll_until<F, Fut>(within: Duration, every: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    tokio::time::timeout(within, async {
+        while !check().await {
+            tokio::time::sleep(every).await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// Waits (up to 5 s) until `key` exists: a lock waiter or a candidate is queued once its key is
 /// there, so a test can then check that it keeps waiting.
 pub async fn wait_for_key(client: &Client, key: impl Into<Vec<u8>>) {
     let key = key.into();
-    let found = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
+    let found = poll_until(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || async {
             let r = client
                 .kv()
                 .get(key.clone(), conclave_client::GetOptions::new())
                 .await
                 .expect("get");
-            if !r.kvs.is_empty() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
+            !r.kvs.is_empty()
+        },
+    )
     .await;
-    assert!(
-        found.is_ok(),
-        "{} never appeared",
-        String::from_utf8_lossy(&key)
-    );
+    assert!(found, "{} never appeared", String::from_utf8_lossy(&key));
 }
 
 /// HashKV of every member of `c` at `revision`, asked until each has applied it.

@@ -12,34 +12,27 @@ use std::time::Duration;
 use conclave_client::{Client, GetOptions, PutOptions};
 use conclave_testkit::{Cluster, ClusterBuilder};
 
-use super::binary;
+use super::{binary, poll_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Waits until member `index` serves (serializably) at least `count` keys under `prefix`.
 async fn caught_up(c: &Cluster, index: usize, prefix: &str, count: i64) {
     let kv = c.client(index).await.unwrap().kv();
-    let reached = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Ok(r) = kv
-                .get(
-                    prefix,
-                    GetOptions::new()
-                        .with_prefix()
-                        .with_count_only()
-                        .with_serializable(),
-                )
-                .await
-                && r.count >= count
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    let reached = poll_until(WAIT, Duration::from_millis(100), || async {
+        kv.get(
+            prefix,
+            GetOptions::new()
+                .with_prefix()
+                .with_count_only()
+                .with_serializable(),
+        )
+        .await
+        .is_ok_and(|r| r.count >= count)
     })
     .await;
     assert!(
-        reached.is_ok(),
+        reached,
         "member {index} did not catch up; log:\n{}",
         c.log_tail(index, 40).unwrap()
     );
