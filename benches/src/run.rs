@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use conclave_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use conclave_proto::etcdserverpb::{
-    PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest, kv_client::KvClient, request_op,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, StatusRequest, TxnRequest,
+    TxnResponse, request_op,
 };
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -16,6 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::keys::{KeyPicker, check_key_space, encode_key};
 use crate::report::{RunInfo, Stats, render_text, summarize};
+use crate::unary::UnaryConn;
 use crate::{Cli, Cmd, Consistency, Global};
 
 pub enum Outcome {
@@ -46,6 +48,15 @@ async fn dial(ep: &str, g: &Global) -> anyhow::Result<Channel> {
         .connect()
         .await
         .with_context(|| format!("cannot connect to {uri}"))
+}
+
+/// `--conns` tonic channels, spread over the endpoints (for the watch and lease benchmarks).
+async fn dial_all(endpoints: &[String], g: &Global) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(g.conns);
+    for i in 0..g.conns {
+        channels.push(dial(&endpoints[round_robin(i, endpoints.len())], g).await?);
+    }
+    Ok(channels)
 }
 
 /// Asks each endpoint for its status and returns the one that is the leader.
@@ -186,11 +197,20 @@ impl Workload {
     }
 }
 
-async fn send(kv: &mut KvClient<Channel>, req: Request) -> Result<(), tonic::Status> {
+async fn send(conn: &mut UnaryConn, req: Request) -> Result<(), tonic::Status> {
     match req {
-        Request::Put(r) => kv.put(r).await.map(drop),
-        Request::Range(r) => kv.range(r).await.map(drop),
-        Request::Txn(r) => kv.txn(r).await.map(drop),
+        Request::Put(r) => conn
+            .call::<_, PutResponse>("/etcdserverpb.KV/Put", &r)
+            .await
+            .map(drop),
+        Request::Range(r) => conn
+            .call::<_, RangeResponse>("/etcdserverpb.KV/Range", &r)
+            .await
+            .map(drop),
+        Request::Txn(r) => conn
+            .call::<_, TxnResponse>("/etcdserverpb.KV/Txn", &r)
+            .await
+            .map(drop),
     }
 }
 
@@ -225,11 +245,7 @@ struct Shared {
     pacer: Option<Pacer>,
 }
 
-async fn client_loop(
-    mut kv: KvClient<Channel>,
-    shared: Arc<Shared>,
-    seed: u64,
-) -> anyhow::Result<Stats> {
+async fn client_loop(mut conn: UnaryConn, shared: Arc<Shared>, seed: u64) -> anyhow::Result<Stats> {
     let mut stats = Stats::new()?;
     let mut rng = SmallRng::seed_from_u64(seed);
     loop {
@@ -242,7 +258,7 @@ async fn client_loop(
         }
         let req = shared.workload.build(i, &mut rng);
         let started = std::time::Instant::now();
-        let res = tokio::time::timeout(shared.timeout, send(&mut kv, req)).await;
+        let res = tokio::time::timeout(shared.timeout, send(&mut conn, req)).await;
         let latency = started.elapsed();
         match res {
             Ok(Ok(())) => stats.record_ok(latency),
@@ -286,17 +302,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             .collect()
     };
 
-    let mut channels = Vec::with_capacity(g.conns);
-    for i in 0..g.conns {
-        channels.push(dial(&endpoints[round_robin(i, endpoints.len())], &g).await?);
-    }
-
     let (stats, elapsed, requests, extra) = match &cli.cmd {
         Cmd::WatchLatency {
             watchers,
             streams,
             rss_pids,
         } => {
+            let channels = dial_all(&endpoints, &g).await?;
             let r = crate::watch_lease::watch_latency(
                 &channels, *watchers, *streams, g.total, g.rate, rss_pids,
             )
@@ -305,6 +317,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             (r.stats, r.elapsed, requests, r.bytes_per_watcher)
         }
         Cmd::LeaseKeepalive => {
+            let channels = dial_all(&endpoints, &g).await?;
             let (stats, elapsed) =
                 crate::watch_lease::lease_keepalive(&channels, g.clients, g.total, g.timeout)
                     .await?;
@@ -312,7 +325,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         _ => {
             let workload = Workload::new(&g, &cli.cmd)?;
-            let (stats, elapsed) = kv_load(&g, workload, &channels).await?;
+            let mut conns = Vec::with_capacity(g.conns);
+            for i in 0..g.conns {
+                let uri = endpoint_uri(&endpoints[round_robin(i, endpoints.len())]);
+                conns.push(UnaryConn::connect(&uri, g.dial_timeout).await?);
+            }
+            let (stats, elapsed) = kv_load(&g, workload, &conns).await?;
             (stats, elapsed, g.total, None)
         }
     };
@@ -347,7 +365,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
 async fn kv_load(
     g: &Global,
     workload: Workload,
-    channels: &[Channel],
+    conns: &[UnaryConn],
 ) -> anyhow::Result<(Stats, Duration)> {
     let start = Instant::now();
     let shared = Arc::new(Shared {
@@ -364,9 +382,9 @@ async fn kv_load(
     let base_seed: u64 = rand::random();
     let mut tasks = Vec::with_capacity(g.clients);
     for c in 0..g.clients {
-        let ch = channels[round_robin(c, channels.len())].clone();
+        let conn = conns[round_robin(c, conns.len())].clone();
         tasks.push(tokio::spawn(client_loop(
-            KvClient::new(ch),
+            conn,
             shared.clone(),
             base_seed.wrapping_add(c as u64),
         )));
