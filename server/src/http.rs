@@ -2,17 +2,21 @@
 //! `/health` (etcd's JSON: healthy when a leader is known and a linearizable read succeeds),
 //! `/livez` (the process and its raft thread run), `/readyz` (ready to serve reads and writes:
 //! leader known, linearizable read, not a learner), `/version` (JSON), `/metrics` (Prometheus
-//! text). Also the middleware that counts every gRPC call by method and code.
+//! text). Also [`Front`], the port's front service: it counts every gRPC call by method and code
+//! and sends KV calls straight to their service.
 
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::State;
+use axum::http::{self, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::future::{BoxFuture, Either};
+use tonic::codegen::Service;
+use tower::ServiceExt;
 
 use crate::api::Context;
 use crate::api::maintenance::ETCD_API_VERSION;
@@ -221,29 +225,99 @@ async fn render_metrics(State(ctx): State<Arc<Context>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-/// Counts gRPC calls by method and code, and times them to their response headers. A call that
-/// fails before answering carries its code in the headers (trailers-only); one that answers
-/// counts as OK (a stream's later end is not seen here).
-pub async fn count_rpcs(req: Request, next: Next) -> Response {
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if !grpc {
-        return next.run(req).await;
+/// The client port's front service: counts every gRPC call by method and code (timed to its
+/// response headers; a call that fails before answering carries its code in them, trailers-only;
+/// one that answers counts as OK, a stream's later end is not seen here), and hands KV calls,
+/// nearly all of the traffic, straight to the KV service. Everything else goes through the
+/// router (the other gRPC services and the plain HTTP routes).
+///
+/// Why not an axum middleware and the router for everything: per call, the middleware cloned and
+/// boxed the routed service and boxed the request's future twice more, and the router looked up
+/// the path and went through two more layers of futures; that was ~4% of a member's CPU under
+/// 256-client put load (docs/benchmarks.md, ninth session). This is one box per call.
+#[derive(Clone)]
+pub struct Front<K, R> {
+    kv: K,
+    router: R,
+}
+
+/// Builds [`Front`] around the router ([`tonic::transport::Server::layer`]).
+#[derive(Clone)]
+pub struct FrontLayer<K> {
+    kv: K,
+}
+
+impl<K> FrontLayer<K> {
+    /// `kv` serves every `/etcdserverpb.KV/` call.
+    pub fn new(kv: K) -> Self {
+        Self { kv }
     }
-    let Some(rpc) = metrics::get().rpc(req.uri().path()) else {
-        return next.run(req).await;
-    };
-    rpc.started();
-    let started = Instant::now();
-    let resp = next.run(req).await;
-    let code = resp
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
-    rpc.handled(code, started.elapsed());
-    resp
+}
+
+impl<K: Clone, R> tower::Layer<R> for FrontLayer<K> {
+    type Service = Front<K, R>;
+
+    fn layer(&self, router: R) -> Front<K, R> {
+        Front {
+            kv: self.kv.clone(),
+            router,
+        }
+    }
+}
+
+/// The path prefix of the KV service's methods.
+const KV_PREFIX: &str = "/etcdserverpb.KV/";
+
+impl<K, R, B, RB, E> Service<http::Request<B>> for Front<K, R>
+where
+    K: Service<http::Request<B>, Response = http::Response<RB>, Error = E> + Clone + Send + 'static,
+    K::Future: Send + 'static,
+    R: Service<http::Request<B>, Response = http::Response<RB>, Error = E> + Send,
+    R::Future: Send + 'static,
+    B: Send + 'static,
+    RB: 'static,
+    E: 'static,
+{
+    type Response = http::Response<RB>;
+    type Error = E;
+    type Future = BoxFuture<'static, Result<http::Response<RB>, E>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), E>> {
+        // The KV service is always ready (tonic's generated servers are); the router decides.
+        self.router.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let rpc = if grpc {
+            metrics::get().rpc(req.uri().path())
+        } else {
+            None
+        };
+        let response = if grpc && req.uri().path().starts_with(KV_PREFIX) {
+            // Cloned so the call owns it: the router's readiness is what poll_ready reported.
+            Either::Left(self.kv.clone().oneshot(req))
+        } else {
+            Either::Right(self.router.call(req))
+        };
+        Box::pin(async move {
+            let Some(rpc) = rpc else {
+                return response.await;
+            };
+            rpc.started();
+            let started = Instant::now();
+            let resp = response.await?;
+            let code = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            rpc.handled(code, started.elapsed());
+            Ok(resp)
+        })
+    }
 }

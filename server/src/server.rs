@@ -345,40 +345,38 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         let local = listener.local_addr().unwrap_or(*addr);
         let loopback = Arc::new(Loopback::new(loopback_url(local)));
         let max = settings.max_request_bytes + GRPC_OVERHEAD_BYTES;
-        let routes = tonic::service::Routes::new(
-            KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max),
-        )
-        .add_service(
-            MaintenanceServer::new(MaintenanceService::new(ctx.clone()))
-                .max_decoding_message_size(max),
-        )
-        .add_service(
-            ClusterServer::new(ClusterService::new(ctx.clone(), peer_channels.clone()))
-                .max_decoding_message_size(max),
-        )
-        .add_service(WatchServer::new(WatchService::new(hub.clone())))
-        .add_service(LeaseServer::new(LeaseService::new(
-            ctx.clone(),
-            peer_channels.clone(),
-        )))
-        .add_service(LockServer::new(LockService::new(loopback.clone())))
-        .add_service(ElectionServer::new(ElectionService::new(
-            loopback.clone(),
-            ctx.clone(),
-        )))
-        .add_service(MembershipServer::new(MembershipService::new(
-            loopback,
-            ctx.clone(),
-        )))
-        .add_service(health_service.clone());
-        // Plain HTTP (/health, /metrics, ...) on the same port, and every gRPC call counted.
-        let app = routes
-            .into_axum_router()
-            .merge(http::router(ctx.clone()))
-            .layer(axum::middleware::from_fn(http::count_rpcs));
+        let kv = KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max);
+        let routes = tonic::service::Routes::new(kv.clone())
+            .add_service(
+                MaintenanceServer::new(MaintenanceService::new(ctx.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                ClusterServer::new(ClusterService::new(ctx.clone(), peer_channels.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(WatchServer::new(WatchService::new(hub.clone())))
+            .add_service(LeaseServer::new(LeaseService::new(
+                ctx.clone(),
+                peer_channels.clone(),
+            )))
+            .add_service(LockServer::new(LockService::new(loopback.clone())))
+            .add_service(ElectionServer::new(ElectionService::new(
+                loopback.clone(),
+                ctx.clone(),
+            )))
+            .add_service(MembershipServer::new(MembershipService::new(
+                loopback,
+                ctx.clone(),
+            )))
+            .add_service(health_service.clone());
+        // Plain HTTP (/health, /metrics, ...) on the same port; in front, every gRPC call
+        // counted and KV calls sent straight to their service.
+        let app = routes.into_axum_router().merge(http::router(ctx.clone()));
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .accept_http1(true)
+            .layer(http::FrontLayer::new(kv))
             .add_routes(tonic::service::Routes::from(app));
         let stop = stopped(stop_rx.clone());
         servers.push(tokio::spawn(async move {

@@ -171,14 +171,16 @@ impl Node {
 
     async fn propose_in_term(&self, op: Op, leader_term: u64, max_bytes: usize) -> ApplyOutcome {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut cmd = RaftCommand {
+            origin: self.member_id,
+            request_id: 0,
+            op: Some(op),
+            leader_term,
+        };
         loop {
+            // A new id for each attempt: the waiter of a dropped one may still fire.
             let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-            let cmd = RaftCommand {
-                origin: self.member_id,
-                request_id,
-                op: Some(op.clone()),
-                leader_term,
-            };
+            cmd.request_id = request_id;
             let data = cmd.encode_to_vec();
             if data.len() > max_bytes {
                 return Err(ServerError::RequestTooLarge);

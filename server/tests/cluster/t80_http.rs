@@ -7,6 +7,8 @@
 use std::time::Duration;
 
 use conclave_client::PutOptions;
+use conclave_proto::etcdserverpb::PutRequest;
+use conclave_proto::etcdserverpb::kv_client::KvClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::cluster;
@@ -88,6 +90,26 @@ async fn health_readiness_and_metrics_follow_the_quorum() {
     })
     .await;
     assert!(serving.is_ok(), "gRPC health never reported SERVING");
+
+    // A refused KV call is counted under its code; other services' calls (the client's own status
+    // calls) are counted too.
+    let channel = tonic::transport::Endpoint::from_shared(ep.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let refused = KvClient::new(channel)
+        .put(PutRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let (_, metrics) = get(&ep, "/metrics").await;
+    for name in [
+        "grpc_server_handled_total{grpc_service=\"etcdserverpb.KV\",grpc_method=\"Put\",grpc_code=\"InvalidArgument\"} 1",
+        "grpc_server_handled_total{grpc_service=\"etcdserverpb.Maintenance\",grpc_method=\"Status\",grpc_code=\"OK\"}",
+    ] {
+        assert!(metrics.contains(name), "no {name} in\n{metrics}");
+    }
 
     // Without a quorum: alive, but neither healthy nor ready.
     c.kill(1).unwrap();
