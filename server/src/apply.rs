@@ -43,7 +43,7 @@ use crate::error::ServerError;
 use crate::kv_ops::{self, KvError};
 use crate::lease::Lessor;
 use crate::membership::{self, Change, Membership};
-use crate::mvcc::{KeyRange, Store};
+use crate::mvcc::{KeyRange, Store, Writer};
 use crate::node::proposal::Waiters;
 use crate::storage::raft_log::RaftLog;
 use crate::storage::{Db, META, META_APPLIED_INDEX, StorageError, StorageResult, snapshot};
@@ -103,6 +103,8 @@ impl Applier {
         let mut results = Vec::new();
         let mut changes: Vec<(i64, Vec<Event>)> = Vec::new();
         let mut members_changed = false;
+        // Opened at the batch's first key-value command and kept for the rest of the batch.
+        let mut writer = None;
         for entry in entries {
             match entry.get_entry_type() {
                 EntryType::EntryNormal if !entry.data.is_empty() => {}
@@ -123,7 +125,7 @@ impl Applier {
                 detail: format!("entry {} is not a command: {e}", entry.index),
             })?;
             let outcome = if takes_effect(&cmd, entry.term) {
-                self.apply_command(&txn, &cmd, &mut changes)?
+                self.apply_command(&txn, &mut writer, &cmd, &mut changes)?
             } else {
                 Err(ServerError::NotLeader)
             };
@@ -132,6 +134,7 @@ impl Applier {
                 results.push((cmd.request_id, outcome));
             }
         }
+        drop(writer);
         txn.open_table(META)?.insert(META_APPLIED_INDEX, last)?;
         txn.commit()?;
         let m = crate::metrics::get();
@@ -212,9 +215,10 @@ impl Applier {
         Ok(())
     }
 
-    fn apply_command(
-        &self,
-        txn: &WriteTransaction,
+    fn apply_command<'s, 't>(
+        &'s self,
+        txn: &'t WriteTransaction,
+        writer: &mut Option<Writer<'s, 't>>,
         cmd: &RaftCommand,
         changes: &mut Vec<(i64, Vec<Event>)>,
     ) -> StorageResult<ApplyOutcome> {
@@ -257,14 +261,17 @@ impl Applier {
             }
             _ => {}
         }
-        let mut w = self.store.writer(txn).map_err(mvcc_storage)?;
+        let w = match writer {
+            Some(w) => w,
+            None => writer.insert(self.store.writer(txn).map_err(mvcc_storage)?),
+        };
         let result = match op {
-            Op::Put(r) => kv_ops::put(&mut w, &self.lessor, r).map(ApplyOutput::Put),
-            Op::DeleteRange(r) => kv_ops::delete_range(&mut w, r).map(ApplyOutput::DeleteRange),
-            Op::Txn(r) => kv_ops::txn(&mut w, &self.lessor, r).map(ApplyOutput::Txn),
-            Op::Compaction(r) => kv_ops::compaction(&mut w, r).map(ApplyOutput::Compaction),
+            Op::Put(r) => kv_ops::put(w, &self.lessor, r).map(ApplyOutput::Put),
+            Op::DeleteRange(r) => kv_ops::delete_range(w, r).map(ApplyOutput::DeleteRange),
+            Op::Txn(r) => kv_ops::txn(w, &self.lessor, r).map(ApplyOutput::Txn),
+            Op::Compaction(r) => kv_ops::compaction(w, r).map(ApplyOutput::Compaction),
             Op::LeaseRevoke(r) => match self.lessor.revoke(txn, r.id)? {
-                Ok(keys) => revoke_keys(&mut w, &keys).map(|()| {
+                Ok(keys) => revoke_keys(w, &keys).map(|()| {
                     ApplyOutput::LeaseRevoke(LeaseRevokeResponse {
                         header: header(w.revision()),
                     })
@@ -307,7 +314,7 @@ fn header(revision: i64) -> Option<ResponseHeader> {
 }
 
 /// Deletes a revoked lease's keys, all in one revision.
-fn revoke_keys(w: &mut crate::mvcc::Writer<'_, '_>, keys: &[Vec<u8>]) -> Result<(), KvError> {
+fn revoke_keys(w: &mut Writer<'_, '_>, keys: &[Vec<u8>]) -> Result<(), KvError> {
     for key in keys {
         w.delete_range(KeyRange::new(key, b""))?;
     }

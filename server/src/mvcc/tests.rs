@@ -259,3 +259,45 @@ fn stored_bytes_grow_with_history_shrink_with_compaction_and_survive_a_reload() 
     let reloaded = Store::open(f.db.clone()).unwrap();
     assert_eq!(reloaded.stored_bytes(), after, "rebuilt from the table");
 }
+
+/// Apply keeps one writer for a whole batch of requests: each request gets the next revision,
+/// sees the ones before it, and readers see none of it until the batch is committed and published.
+#[test]
+fn one_writer_serves_a_batch_of_requests() {
+    let f = Fixture::new();
+    f.put("a", "0");
+    let txn = f.db.begin_write().unwrap();
+    let mut w = f.store.writer(&txn).unwrap();
+
+    w.put(b"a", b"1".to_vec(), 0).unwrap();
+    w.put(b"b", b"1".to_vec(), 0).unwrap();
+    let first = w.finish();
+    assert_eq!(first.revision, 3);
+    assert_eq!(first.events.len(), 2);
+
+    // A request that writes nothing leaves the revision alone.
+    assert_eq!(w.finish().revision, 3);
+
+    let deleted = w.delete_range(KeyRange::new(b"b", b"")).unwrap();
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(w.get(b"a").unwrap().unwrap().version, 2);
+    let second = w.finish();
+    assert_eq!(second.revision, 4);
+    assert_eq!(second.events.len(), 1);
+    assert_eq!(second.events[0].r#type, EventType::Delete as i32);
+
+    w.put(b"a", b"2".to_vec(), 0).unwrap();
+    assert_eq!(w.get(b"a").unwrap().unwrap().mod_revision, 5);
+    assert_eq!(w.finish().revision, 5);
+
+    // Readers still see the revision before the batch.
+    assert_eq!(f.store.revision(), 2);
+    assert_eq!(f.keys("a", b"\0", RangeOptions::default()).0, vec!["a"]);
+    drop(w);
+    txn.commit().unwrap();
+    f.store.publish(5);
+    assert_eq!(f.get_at("a", 0).unwrap().unwrap().value, b"2");
+    assert_eq!(f.get_at("b", 3).unwrap().unwrap().value, b"1");
+    assert_eq!(f.get_at("b", 4).unwrap(), None);
+    assert_eq!(f.store.written_revision(), 5);
+}
