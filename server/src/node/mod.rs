@@ -38,7 +38,7 @@ use crate::membership::{self, Change};
 use crate::storage::raft_log::RaftLog;
 use crate::storage::{Db, StorageError, snapshot};
 use defrag::{DefragReply, DefragReport, Defragmenter};
-use proposal::Waiters;
+use proposal::{ProposalBatch, Waiters};
 use read_index::{ReadIndexBatch, ReadWaiter};
 use transport::{PeerReport, Transport};
 
@@ -385,6 +385,9 @@ pub fn create(
         applied: parts.applied_index,
         max_size_per_msg: 1024 * 1024,
         max_inflight_msgs: 256,
+        // Appends to one follower that pile up between two Readys (proposals stepped one after
+        // another, forwarded batches from several followers) leave as one message.
+        batch_append: true,
         check_quorum: true,
         pre_vote: true,
         read_only_option: raft::ReadOnlyOption::Safe,
@@ -451,6 +454,7 @@ pub fn create(
         leading: leading_tx,
         applied: parts.applied,
         reads_batch: ReadIndexBatch::default(),
+        proposal_batch: ProposalBatch::default(),
         heard: HashMap::new(),
     };
     Ok((node, driver))
@@ -477,6 +481,8 @@ pub struct Driver {
     leading: watch::Sender<Option<u64>>,
     applied: watch::Receiver<u64>,
     reads_batch: ReadIndexBatch,
+    /// Commands taken this turn, proposed together by `flush_proposals`.
+    proposal_batch: ProposalBatch,
     /// When each peer was last heard from. raft-rs's own "recently active" flag is cleared for
     /// every follower once per election timeout (check quorum) and set again by its next answer,
     /// so reading it can call a live follower down; this cannot.
@@ -570,12 +576,31 @@ impl Driver {
         }
     }
 
-    /// Proposes up to `limit` proposals already queued, without waiting for more.
+    /// Proposes up to `limit` proposals already queued, without waiting for more, and whatever
+    /// `propose` batched before.
     fn take_queued_proposals(&mut self, limit: usize) {
         for _ in 0..limit {
             match self.proposals.try_recv() {
                 Ok(p) => self.propose(p),
                 Err(_) => break,
+            }
+        }
+        self.flush_proposals();
+    }
+
+    /// Proposes the commands batched so far as one raft message. If raft-rs drops it (no leader
+    /// known, a leadership transfer under way), none of them reached the log: each waiter gets
+    /// "no leader", and `Node::propose` retries.
+    fn flush_proposals(&mut self) {
+        let Some((m, request_ids)) = self.proposal_batch.take(self.raw.raft.id) else {
+            return;
+        };
+        if let Err(e) = self.raw.raft.step(m) {
+            if !matches!(e, raft::Error::ProposalDropped) {
+                tracing::warn!(error = %e, "proposal refused by raft");
+            }
+            for id in request_ids {
+                self.waiters.fire(id, Err(ServerError::NoLeader));
             }
         }
     }
@@ -587,22 +612,27 @@ impl Driver {
         }
     }
 
+    /// Batches a command (proposed by the caller's `take_queued_proposals`); proposes a conf change
+    /// at once, after the commands batched before it.
     fn propose(&mut self, p: Proposal) {
-        let raft = &self.raw.raft;
         let (request_id, result) = match p {
             Proposal::Command {
                 data,
                 request_id,
                 leader_term,
             } => {
+                let raft = &self.raw.raft;
                 if leader_term != 0 && (raft.state != StateRole::Leader || raft.term != leader_term)
                 {
                     self.waiters.fire(request_id, Err(ServerError::NotLeader));
-                    return;
+                } else if self.proposal_batch.push(data, request_id) {
+                    self.flush_proposals();
                 }
-                (request_id, self.raw.propose(vec![], data))
+                return;
             }
             Proposal::ConfChange { cc, request_id } => {
+                self.flush_proposals();
+                let raft = &self.raw.raft;
                 // raft-rs would silently turn a second pending change into an empty entry.
                 if raft.state == StateRole::Leader && raft.has_pending_conf() {
                     self.waiters.fire(request_id, Err(ServerError::Unhealthy));
