@@ -246,7 +246,7 @@ struct Shared {
 }
 
 async fn client_loop(mut conn: UnaryConn, shared: Arc<Shared>, seed: u64) -> anyhow::Result<Stats> {
-    let mut stats = Stats::new()?;
+    let mut stats = Stats::default();
     let mut rng = SmallRng::seed_from_u64(seed);
     loop {
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
@@ -335,6 +335,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
     };
 
+    let hist = stats.histogram()?;
     let mut summary = summarize(
         RunInfo {
             op: op_name(&cli.cmd, g.consistency),
@@ -345,9 +346,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             elapsed,
         },
         &stats,
+        &hist,
     );
     summary.bytes_per_watcher = extra;
-    let text = render_text(&summary, &stats);
+    let text = render_text(&summary, &stats, &hist);
     if g.json {
         eprint!("{text}");
         println!("{}", serde_json::to_string(&summary)?);
@@ -389,9 +391,9 @@ async fn kv_load(
             base_seed.wrapping_add(c as u64),
         )));
     }
-    let mut stats = Stats::new()?;
+    let mut stats = Stats::default();
     for t in tasks {
-        stats.merge(t.await.context("client task failed")??)?;
+        stats.merge(t.await.context("client task failed")??);
     }
     Ok((stats, start.elapsed()))
 }

@@ -24,6 +24,8 @@ pub struct UnaryConn {
     send: h2::client::SendRequest<Bytes>,
     /// `http://host:port`, the scheme and authority of every request.
     base: String,
+    /// The last method called and its URI: a client calls one method, so it parses its URI once.
+    last_uri: Option<(&'static str, Uri)>,
 }
 
 /// Flow-control windows the connection announces: large, so small responses never wait for a
@@ -63,19 +65,20 @@ impl UnaryConn {
         Ok(Self {
             send,
             base: format!("http://{authority}"),
+            last_uri: None,
         })
     }
 
     /// Calls the unary method `path` (`/package.Service/Method`) with `req`.
     pub async fn call<Req: Message, Resp: Message + Default>(
         &mut self,
-        path: &str,
+        path: &'static str,
         req: &Req,
     ) -> Result<Resp, Status> {
         let body = frame(req);
         let request = Request::builder()
             .method(Method::POST)
-            .uri(format!("{}{path}", self.base))
+            .uri(self.uri(path)?)
             .header("content-type", HeaderValue::from_static("application/grpc"))
             .header("te", HeaderValue::from_static("trailers"))
             .body(())
@@ -111,6 +114,21 @@ impl UnaryConn {
             return Err(Status::internal("response without grpc-status"));
         }
         unframe(&data)
+    }
+}
+
+impl UnaryConn {
+    fn uri(&mut self, path: &'static str) -> Result<Uri, Status> {
+        if let Some((last, uri)) = &self.last_uri
+            && *last == path
+        {
+            return Ok(uri.clone());
+        }
+        let uri: Uri = format!("{}{path}", self.base)
+            .parse()
+            .map_err(|e| Status::internal(format!("method {path}: {e}")))?;
+        self.last_uri = Some((path, uri.clone()));
+        Ok(uri)
     }
 }
 
