@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             .init(),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.worker_threads)
         .enable_all()
         .build()
     {
