@@ -940,7 +940,9 @@ t_elect() {
     kill -INT "$first"; wait "$first" || true
     start=$SECONDS
     while ! grep -qx p2 "$T/lead2.out" && (( SECONDS - start < 10 )); do sleep 0.2; done
-    sleep 0.5
+    # The observer learns of the new leader on its own (a watch event, then a linearizable get):
+    # wait for it rather than for a fixed time.
+    while ! grep -qx p2 "$T/listen.out" && (( SECONDS - start < 10 )); do sleep 0.2; done
     kill -INT "$second" "$listener" 2>/dev/null; wait "$second" "$listener" 2>/dev/null || true
     grep -qx p2 "$T/lead2.out" || { WHY="second candidate never led: $(head -c 200 "$T/lead2.out")"; return 1; }
     grep -qx p1 "$T/listen.out" && grep -qx p2 "$T/listen.out" || { WHY="observer output: $(head -c 300 "$T/listen.out")"; return 1; }
