@@ -8,11 +8,12 @@ use conclave_client::GetOptions;
 use conclave_testkit::{Cluster, locate_binary};
 use serde_json::Value;
 
-/// Runs the tool with `--json`; returns its exit code and the JSON summary.
-fn bench(endpoints: &str, args: &[&str]) -> (Option<i32>, Value) {
+/// Runs the tool with `--json` and `args` (split at spaces); returns its exit code and the JSON
+/// summary.
+fn bench(endpoints: &str, args: &str) -> (Option<i32>, Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_conclave-bench"))
         .args(["--json", "--endpoints", endpoints])
-        .args(args)
+        .args(args.split_whitespace())
         .output()
         .expect("conclave-bench runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -45,17 +46,7 @@ async fn puts_reads_and_errors_over_every_member() {
     let before = revision(&c).await;
     let (code, s) = bench(
         &endpoints,
-        &[
-            "--conns",
-            "3",
-            "--clients",
-            "8",
-            "--total",
-            "400",
-            "--key-space-size",
-            "50",
-            "put",
-        ],
+        "--conns 3 --clients 8 --total 400 --key-space-size 50 put",
     );
     assert_eq!(code, Some(0), "{s}");
     assert_eq!(s["ok"], 400, "{s}");
@@ -63,23 +54,14 @@ async fn puts_reads_and_errors_over_every_member() {
     assert_eq!(revision(&c).await - before, 400);
 
     // Linearizable and serializable reads of a key the tool writes itself.
-    let (code, _) = bench(&endpoints, &["--total", "1", "put", "--key", "bench-key"]);
+    let (code, _) = bench(&endpoints, "--total 1 put --key bench-key");
     assert_eq!(code, Some(0));
     for consistency in ["l", "s"] {
         let (code, s) = bench(
             &endpoints,
-            &[
-                "--consistency",
-                consistency,
-                "--conns",
-                "3",
-                "--clients",
-                "4",
-                "--total",
-                "200",
-                "range",
-                "bench-key",
-            ],
+            &format!(
+                "--consistency {consistency} --conns 3 --clients 4 --total 200 range bench-key"
+            ),
         );
         assert_eq!(code, Some(0), "{s}");
         assert_eq!(s["ok"], 200, "{s}");
@@ -90,15 +72,7 @@ async fn puts_reads_and_errors_over_every_member() {
     let before = revision(&c).await;
     let (code, s) = bench(
         &endpoints,
-        &[
-            "--total",
-            "5",
-            "--key-space-size",
-            "1000",
-            "txn-put",
-            "--txn-ops",
-            "200",
-        ],
+        "--total 5 --key-space-size 1000 txn-put --txn-ops 200",
     );
     assert_eq!(code, Some(1), "{s}");
     assert_eq!(s["error_codes"]["InvalidArgument"], 5, "{s}");

@@ -278,19 +278,13 @@ impl Store {
         let index = load_index(&self.db.get())?;
         let current = index.current;
         self.stored.store(index.stored_bytes, Ordering::Relaxed);
-        *self.write_index() = index;
+        *write_lock(&self.index) = index;
         self.published.store(current, Ordering::Release);
         Ok(())
     }
 
     fn read_index(&self) -> RwLockReadGuard<'_, Index> {
-        // The index is only changed under the write lock by code that cannot leave it half-updated
-        // by a panic (a panic in apply stops the member), so a poisoned lock's data is usable.
-        self.index.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write_index(&self) -> RwLockWriteGuard<'_, Index> {
-        self.index.write().unwrap_or_else(|p| p.into_inner())
+        read_lock(&self.index)
     }
 
     /// The newest revision readers may see.
@@ -466,6 +460,16 @@ impl Store {
     }
 }
 
+// The index is only changed under the write lock by code that cannot leave it half-updated by a
+// panic (a panic in apply stops the member), so a poisoned lock's data is usable.
+fn read_lock(index: &RwLock<Index>) -> RwLockReadGuard<'_, Index> {
+    index.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_lock(index: &RwLock<Index>) -> RwLockWriteGuard<'_, Index> {
+    index.write().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A key attached to another lease (0: none) by a put or a delete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseMove {
@@ -512,11 +516,7 @@ impl Writer<'_, '_> {
     }
 
     fn read_index(&self) -> RwLockReadGuard<'_, Index> {
-        self.index.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write_index(&self) -> RwLockWriteGuard<'_, Index> {
-        self.index.write().unwrap_or_else(|p| p.into_inner())
+        read_lock(self.index)
     }
 
     /// The store's revision including this request's writes so far.
@@ -566,7 +566,7 @@ impl Writer<'_, '_> {
     /// Writes `key = value` with `lease`. Reads nothing: the previous value is not looked up.
     pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> MvccResult<()> {
         let rev = Revision::new(self.main, self.sub);
-        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        let mut index = write_lock(self.index);
         let history = index.keys.entry(key.to_vec()).or_default();
         let (create_revision, version) = history.put(rev);
         if history.lease != lease {
@@ -603,7 +603,7 @@ impl Writer<'_, '_> {
         let existing = self.range(range, RangeOptions::default())?.kvs;
         for kv in &existing {
             let rev = Revision::new(self.main, self.sub);
-            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+            let mut index = write_lock(self.index);
             if let Some(history) = index.keys.get_mut(&kv.key) {
                 history.tombstone(rev);
                 history.lease = 0;
@@ -637,7 +637,7 @@ impl Writer<'_, '_> {
     /// Removes all history below `at` that no read at `at` or later needs. Does not create a revision.
     pub fn compact(&mut self, at: i64) -> MvccResult<()> {
         let newest = self.read_revision();
-        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        let mut index = write_lock(self.index);
         if at <= index.compacted {
             return Err(MvccError::Compacted);
         }
@@ -672,7 +672,7 @@ impl Writer<'_, '_> {
         if self.sub > 0 {
             self.current = self.main;
         }
-        let mut index = self.write_index();
+        let mut index = write_lock(self.index);
         index.current = self.current;
         self.stored.store(index.stored_bytes, Ordering::Relaxed);
         drop(index);

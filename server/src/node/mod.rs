@@ -588,20 +588,13 @@ impl Driver {
         self.flush_proposals();
     }
 
-    /// Proposes the commands batched so far as one raft message. If raft-rs drops it (no leader
-    /// known, a leadership transfer under way), none of them reached the log: each waiter gets
-    /// "no leader", and `Node::propose` retries.
+    /// Proposes the commands batched so far as one raft message.
     fn flush_proposals(&mut self) {
         let Some((m, request_ids)) = self.proposal_batch.take(self.raw.raft.id) else {
             return;
         };
         if let Err(e) = self.raw.raft.step(m) {
-            if !matches!(e, raft::Error::ProposalDropped) {
-                tracing::warn!(error = %e, "proposal refused by raft");
-            }
-            for id in request_ids {
-                self.waiters.fire(id, Err(ServerError::NoLeader));
-            }
+            self.refused(&e, request_ids);
         }
     }
 
@@ -615,7 +608,7 @@ impl Driver {
     /// Batches a command (proposed by the caller's `take_queued_proposals`); proposes a conf change
     /// at once, after the commands batched before it.
     fn propose(&mut self, p: Proposal) {
-        let (request_id, result) = match p {
+        match p {
             Proposal::Command {
                 data,
                 request_id,
@@ -628,7 +621,6 @@ impl Driver {
                 } else if self.proposal_batch.push(data, request_id) {
                     self.flush_proposals();
                 }
-                return;
             }
             Proposal::ConfChange { cc, request_id } => {
                 self.flush_proposals();
@@ -636,16 +628,21 @@ impl Driver {
                 // raft-rs would silently turn a second pending change into an empty entry.
                 if raft.state == StateRole::Leader && raft.has_pending_conf() {
                     self.waiters.fire(request_id, Err(ServerError::Unhealthy));
-                    return;
+                } else if let Err(e) = self.raw.propose_conf_change(vec![], cc) {
+                    self.refused(&e, [request_id]);
                 }
-                (request_id, self.raw.propose_conf_change(vec![], cc))
             }
-        };
-        if let Err(e) = result {
-            if !matches!(e, raft::Error::ProposalDropped) {
-                tracing::warn!(error = %e, "proposal refused by raft");
-            }
-            self.waiters.fire(request_id, Err(ServerError::NoLeader));
+        }
+    }
+
+    /// A proposal raft-rs refused (no leader known, a leadership transfer under way): none of its
+    /// entries reached the log, so each waiter gets "no leader" and `Node::propose` retries.
+    fn refused(&self, e: &raft::Error, request_ids: impl IntoIterator<Item = u64>) {
+        if !matches!(e, raft::Error::ProposalDropped) {
+            tracing::warn!(error = %e, "proposal refused by raft");
+        }
+        for id in request_ids {
+            self.waiters.fire(id, Err(ServerError::NoLeader));
         }
     }
 
