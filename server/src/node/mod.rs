@@ -14,6 +14,7 @@
 //! (the leader's view of its followers).
 
 pub mod defrag;
+mod log_writer;
 mod logger;
 pub mod proposal;
 pub mod read_index;
@@ -38,6 +39,7 @@ use crate::membership::{self, Change};
 use crate::storage::raft_log::RaftLog;
 use crate::storage::{Db, StorageError, snapshot};
 use defrag::{DefragReply, DefragReport, Defragmenter};
+use log_writer::LogWriter;
 use proposal::{ProposalBatch, Waiters};
 use read_index::{ReadIndexBatch, ReadWaiter};
 use transport::{PeerReport, Transport};
@@ -434,9 +436,11 @@ pub fn create(
         next_request_id: AtomicU64::new(rand::random::<u64>() >> 1),
         request_timeout: parts.request_timeout,
     });
+    let log_writer = LogWriter::start(parts.log.clone()).map_err(StorageError::Io)?;
     let driver = Driver {
         raw,
         log: parts.log,
+        log_writer,
         timing: parts.timing,
         proposals: proposals_rx,
         reads: reads_rx,
@@ -464,6 +468,8 @@ pub fn create(
 pub struct Driver {
     raw: RawNode<RaftLog>,
     log: RaftLog,
+    /// Appends a Ready's entries while its committed entries are applied.
+    log_writer: LogWriter,
     timing: RaftTiming,
     proposals: mpsc::Receiver<Proposal>,
     reads: mpsc::Receiver<ReadWaiter>,
@@ -684,8 +690,21 @@ impl Driver {
             applier.restore(meta, &path)?;
             members_changed = true;
         }
+        // The committed entries were persisted by earlier Readys: they are applied while this
+        // Ready's entries are made durable (when there is both; otherwise on this thread alone).
         let committed = ready.take_committed_entries();
-        self.log.append(ready.entries(), ready.hs())?;
+        let overlap = !committed.is_empty() && !ready.entries().is_empty();
+        if overlap {
+            self.log_writer
+                .begin(ready.take_entries(), ready.hs().cloned())?;
+        } else {
+            self.log.append(ready.entries(), ready.hs())?;
+        }
+        let raw = &mut self.raw;
+        let applied = applier.apply(&committed, &mut |cc| raw.apply_conf_change(cc));
+        // Durable before anything that depends on it, even if apply failed.
+        self.log_writer.finish()?;
+        members_changed |= applied?;
         // Nothing may be stepped into raft between `ready()` and `advance_append()` (raft-rs
         // panics if a follower has new messages after advance): rounds to start wait until then.
         let now = Instant::now();
@@ -698,8 +717,6 @@ impl Driver {
             })
             .collect();
         self.transport.send(ready.take_persisted_messages());
-        let raw = &mut self.raw;
-        members_changed |= applier.apply(&committed, &mut |cc| raw.apply_conf_change(cc))?;
         let mut light = self.raw.advance_append(ready);
         if let Some(commit) = light.commit_index() {
             self.log.set_commit(commit);
