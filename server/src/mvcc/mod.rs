@@ -7,8 +7,9 @@
 //! readers only see revisions up to the published one.
 
 mod key_index;
+mod key_map;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -19,6 +20,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 
 use crate::storage::{Db, META, META_COMPACTED_REV, MVCC, StorageError};
 pub use key_index::{KeyHistory, Revision};
+use key_map::KeyMap;
 
 /// Errors of MVCC reads and compactions.
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +114,7 @@ pub struct RangeResult {
 }
 
 struct Index {
-    keys: BTreeMap<Vec<u8>, KeyHistory>,
+    keys: KeyMap,
     /// Newest revision written (may be ahead of `Store::published` while a batch is applied).
     current: i64,
     compacted: i64,
@@ -184,7 +186,7 @@ fn visible_revisions(
     let mut revs = Vec::new();
     let mut count = 0;
     if let Some(bounds) = range.bounds() {
-        for (_, history) in index.keys.range::<[u8], _>(bounds) {
+        for (_, history) in index.keys.range(bounds) {
             if let Some(v) = history.get(at) {
                 count += 1;
                 if !opts.count_only && (opts.limit == 0 || revs.len() < opts.limit) {
@@ -217,7 +219,7 @@ fn load_index(db: &Database) -> MvccResult<Index> {
         .get(META_COMPACTED_REV)?
         .map(|v| v.value() as i64)
         .unwrap_or(0);
-    let mut keys: BTreeMap<Vec<u8>, KeyHistory> = BTreeMap::new();
+    let mut keys = KeyMap::default();
     let mut current = INITIAL_REVISION.max(compacted);
     let mut stored_bytes = 0;
     let table = txn.open_table(MVCC)?;
@@ -227,7 +229,7 @@ fn load_index(db: &Database) -> MvccResult<Index> {
         let (main, sub) = k.value();
         let rev = Revision::new(main as i64, sub as i64);
         let (kind, kv) = decode_row(v.value())?;
-        let history = keys.entry(kv.key).or_default();
+        let history = keys.entry(&kv.key);
         if kind == KIND_TOMBSTONE {
             history.tombstone(rev);
             history.lease = 0;
@@ -306,8 +308,8 @@ impl Store {
     pub fn key_count(&self) -> usize {
         self.read_index()
             .keys
-            .values()
-            .filter(|h| h.is_live())
+            .iter()
+            .filter(|(_, h)| h.is_live())
             .count()
     }
 
@@ -318,7 +320,7 @@ impl Store {
             .keys
             .iter()
             .filter(|(_, h)| h.lease != 0 && h.is_live())
-            .map(|(k, h)| (h.lease, k.clone()))
+            .map(|(k, h)| (h.lease, k.to_vec()))
             .collect()
     }
 
@@ -567,7 +569,7 @@ impl Writer<'_, '_> {
     pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> MvccResult<()> {
         let rev = Revision::new(self.main, self.sub);
         let mut index = write_lock(self.index);
-        let history = index.keys.entry(key.to_vec()).or_default();
+        let history = index.keys.entry(key);
         let (create_revision, version) = history.put(rev);
         if history.lease != lease {
             self.lease_moves.push(LeaseMove {
@@ -645,9 +647,7 @@ impl Writer<'_, '_> {
             return Err(MvccError::FutureRevision);
         }
         let mut keep: HashSet<Revision> = HashSet::new();
-        index
-            .keys
-            .retain(|_, history| !history.compact(at, &mut keep));
+        index.keys.retain(|history| !history.compact(at, &mut keep));
         let upper = (at as u64, u64::MAX);
         let mut freed = 0;
         self.table.retain_in(..=upper, |(main, sub), value| {
