@@ -28,11 +28,14 @@ fn main() -> ExitCode {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.worker_threads)
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(settings.worker_threads).enable_all();
+    // A response finished on a worker wakes its connection's task; from the LIFO slot that task
+    // would run at once and flush that one response. From the queue, it runs after the other
+    // responses of the same apply batch and writes them together (.cargo/config.toml).
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("conclave: cannot start the runtime: {e}");
