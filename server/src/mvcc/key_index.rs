@@ -2,6 +2,8 @@
 //! revisions inside each. Answers "which revision of this key was visible at revision R" and drops
 //! history below a compaction point. Pure data; knows nothing about values or storage.
 
+use smallvec::SmallVec;
+
 /// A point in the store's history: `main` is the revision of the request, `sub` orders the changes
 /// a single request (a Txn) makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -26,7 +28,9 @@ struct Generation {
 /// All retained revisions of one key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyHistory {
-    generations: Vec<Generation>,
+    /// Oldest first. Almost every key has one generation: kept inline, a put follows one pointer
+    /// (to the revisions) instead of two.
+    generations: SmallVec<[Generation; 1]>,
     /// The lease the key's live value is attached to (0: none, or the key is deleted).
     pub lease: i64,
 }

@@ -1,18 +1,82 @@
 //! The histories of all keys, by key. A point lookup (every put, delete of one key and single-key
 //! range) goes through a hash table: a few memory accesses, where a search of an ordered tree of
 //! a hundred thousand keys missed the cache at every level (it was ~10% of a member's CPU per put).
-//! Ordered scans walk a sorted set of the same keys (the key bytes are shared, not copied).
+//! Ordered scans walk a sorted set of the same keys. Short keys are stored inline, so comparing
+//! one follows no pointer; longer ones are shared between the set and the table, not copied.
 //!
 //! Contract: the set and the table always hold the same keys.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::sync::Arc;
 
 use super::key_index::KeyHistory;
 
-/// A key's bytes, shared by the sorted set and the table.
-type Key = Arc<[u8]>;
+/// Longest key kept inline: with the length and the variant's tag, as large as a shared pointer.
+const INLINE: usize = 22;
+
+/// A key's bytes. Equality, order and hash are those of the bytes, so `&[u8]` looks keys up.
+#[derive(Clone)]
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Shared(Arc<[u8]>),
+}
+
+impl Key {
+    fn new(key: &[u8]) -> Key {
+        if key.len() <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..key.len()].copy_from_slice(key);
+            Key::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            Key::Shared(Arc::from(key))
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..*len as usize],
+            Key::Shared(b) => b,
+        }
+    }
+}
+
+impl Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
 
 #[derive(Default)]
 pub(super) struct KeyMap {
@@ -32,9 +96,9 @@ impl KeyMap {
     /// The history of `key`, created empty if the key has none.
     pub fn entry(&mut self, key: &[u8]) -> &mut KeyHistory {
         if !self.histories.contains_key(key) {
-            let shared: Key = Arc::from(key);
-            self.order.insert(shared.clone());
-            self.histories.insert(shared, KeyHistory::default());
+            let key = Key::new(key);
+            self.order.insert(key.clone());
+            self.histories.insert(key, KeyHistory::default());
         }
         // Inserted just above when missing.
         self.histories
@@ -58,18 +122,18 @@ impl KeyMap {
             None => Some(
                 self.order
                     .range::<[u8], _>(bounds)
-                    .filter_map(|k| self.histories.get_key_value(&**k)),
+                    .filter_map(|k| self.histories.get_key_value(k.as_bytes())),
             ),
         };
         point
             .into_iter()
             .chain(walk.into_iter().flatten())
-            .map(|(k, h)| (&**k, h))
+            .map(|(k, h)| (k.as_bytes(), h))
     }
 
     /// Every key and its history, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &KeyHistory)> {
-        self.histories.iter().map(|(k, h)| (&**k, h))
+        self.histories.iter().map(|(k, h)| (k.as_bytes(), h))
     }
 
     /// Keeps the keys for which `keep` returns true (it may change their histories).
@@ -123,6 +187,34 @@ mod tests {
             Some(Revision::new(4, 0))
         );
         assert!(m.get(b"e").is_none());
+    }
+
+    #[test]
+    fn short_and_long_keys_compare_hash_and_order_as_bytes() {
+        let long = [b'x'; 40];
+        let mut m = map(&["b", "a"]);
+        m.entry(&long).put(Revision::new(9, 0));
+        m.entry(&[b'x'; INLINE]).put(Revision::new(10, 0));
+        assert_eq!(
+            m.get(&long).unwrap().last_revision(),
+            Some(Revision::new(9, 0))
+        );
+        let order: Vec<Vec<u8>> = m
+            .range((Bound::Unbounded, Bound::Unbounded))
+            .map(|(k, _)| k.to_vec())
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                b"a".to_vec(),
+                b"b".to_vec(),
+                vec![b'x'; INLINE],
+                long.to_vec()
+            ]
+        );
+        assert!(matches!(Key::new(&[b'x'; INLINE]), Key::Inline { .. }));
+        assert!(matches!(Key::new(&long), Key::Shared(_)));
+        assert_eq!(std::mem::size_of::<Key>(), 24);
     }
 
     #[test]
