@@ -1,8 +1,10 @@
 //! The raft driver. One task owns the `RawNode`; it ticks, takes proposals, peer messages and read
 //! requests, and handles `Ready` in the order raft-rs and the raft thesis require: send `messages()`
-//! at once (followers may append while the leader fsyncs), persist entries and hard state durably,
-//! only then send `persisted_messages()`, apply the committed entries (on this task: see
-//! [`crate::apply`]), advance, and handle the `LightReady` the same way. It knows nothing of keys and values: commands are opaque bytes.
+//! at once (followers may append while the leader fsyncs), persist entries and hard state durably
+//! while applying the committed entries (already persisted by earlier Readys; the append runs on
+//! [`log_writer`]'s thread, apply on this task: see [`crate::apply`]), only then send
+//! `persisted_messages()`, advance, and handle the `LightReady` the same way. It knows nothing of
+//! keys and values: commands are opaque bytes.
 //!
 //! A snapshot in a Ready (a member far behind, or new) was received into a file by the peer
 //! service; it is installed first ([`Applier::restore`]). Committed conf changes go to raft-rs as
