@@ -219,7 +219,8 @@ run_scenario() {
         errs=$((errs + e))
         local mem
         mem=$(json_num "$f" bytes_per_watcher)
-        [[ -n "$mem" ]] && mem_list+="$mem"$'\n'
+        # Only the first run's: later runs' watchers fit in the memory the first run's freed.
+        [[ -n "$mem" && $r -eq 1 ]] && mem_list+="$mem"$'\n'
         if [[ "$e" != 0 ]]; then
             codes+=" $(sed -n 's/.*"error_codes":{\([^}]*\)}.*/\1/p' "$f")"
         fi
@@ -305,7 +306,7 @@ cell_ratio() {
         echo "| ${DESC[$s]} | $(cell_rps etcd "$s") | $(cell_rps conclave "$s") | $(cell_ratio "$s") | $(cell_lat etcd "$s") | $(cell_lat conclave "$s") |"
     done
     echo
-    echo "Server memory per watcher (scenario e, resident set of the 3 members before vs. after the watches were created): etcd $(printf '%s' "${MEM[etcd.watch]:-pending}") B, conclave $(printf '%s' "${MEM[conclave.watch]:-pending}") B."
+    echo "Server memory per watcher (scenario e's first run, on fresh members: resident set of the 3 members before vs. after the watches were created): etcd $(printf '%s' "${MEM[etcd.watch]:-pending}") B, conclave $(printf '%s' "${MEM[conclave.watch]:-pending}") B."
     any=""
     for k in "${!ERRS[@]}"; do
         if [[ "${ERRS[$k]}" != 0 ]]; then
